@@ -1,0 +1,55 @@
+"""modelence-trio: real-time channels over WebSockets, on Trio.
+
+Server side: declare :class:`ServerChannel` objects, build a :class:`Hub` with
+them, serve it with :func:`serve_websocket`, and call
+``channel.broadcast(id, data)`` from anywhere in the app. Client side:
+:func:`open_client`. In-memory deterministic tests: :mod:`modelence_trio.testing`.
+The wire protocol is in :mod:`modelence_trio.protocol` and protocol.md.
+"""
+
+from ._auth import Authenticator, Identity, MemoryAuthenticator, User
+from ._channel import ChannelContext, ServerChannel
+from ._client import (
+    AuthenticationFailed,
+    Backoff,
+    Client,
+    ClientChannel,
+    ClientClosed,
+    ClientError,
+    ClientMessage,
+    ConnectionLost,
+    JoinRefused,
+    RequestFailed,
+    open_client,
+)
+from ._hub import Hub, HubConfig, HubStatistics
+from ._serve import serve_websocket
+from .protocol import CloseCode, ErrorCode
+
+__all__ = [
+    "AuthenticationFailed",
+    "Authenticator",
+    "Backoff",
+    "ChannelContext",
+    "Client",
+    "ClientChannel",
+    "ClientClosed",
+    "ClientError",
+    "ClientMessage",
+    "CloseCode",
+    "ConnectionLost",
+    "ErrorCode",
+    "Hub",
+    "HubConfig",
+    "HubStatistics",
+    "Identity",
+    "JoinRefused",
+    "MemoryAuthenticator",
+    "RequestFailed",
+    "ServerChannel",
+    "User",
+    "open_client",
+    "serve_websocket",
+]
+
+__version__ = "0.1.0"

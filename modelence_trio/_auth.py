@@ -1,0 +1,99 @@
+"""Who is on the other end: identities, the authenticator contract, a dev authenticator."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import attrs
+
+__all__ = ["Authenticator", "Identity", "MemoryAuthenticator", "User"]
+
+
+@attrs.frozen
+class User:
+    """The authenticated user as channels and clients see it.
+
+    ``profile`` carries whatever else the app's user record holds; only ``id``
+    and ``handle`` are sent to the client (in the ``welcome`` frame).
+    """
+
+    id: str
+    handle: str
+    profile: Any = None
+
+    def to_wire(self) -> dict[str, str]:
+        return {"id": self.id, "handle": self.handle}
+
+
+def _roles(roles: Iterable[str]) -> tuple[str, ...]:
+    return tuple(roles)
+
+
+@attrs.frozen
+class Identity:
+    """What an authenticator resolved a token to.
+
+    ``session`` is opaque to modelence-trio: it is handed back to access checks
+    and handlers untouched, so apps can keep their own session record there.
+    """
+
+    user: User | None = None
+    session: Any = None
+    roles: tuple[str, ...] = attrs.field(default=(), converter=_roles)
+
+    @property
+    def is_anonymous(self) -> bool:
+        return self.user is None
+
+
+class Authenticator(Protocol):
+    """Resolves a session token presented at the WebSocket handshake.
+
+    Return ``None`` for a token that is unknown, expired or revoked: the
+    handshake is then refused with HTTP 401. Raising is treated as the
+    authenticator being unavailable (HTTP 503), never as "anonymous".
+    """
+
+    async def authenticate(self, token: str) -> Identity | None: ...
+
+
+@attrs.define(eq=False)
+class MemoryAuthenticator:
+    """Tokens held in a dict, for development and tests.
+
+    >>> auth = MemoryAuthenticator()
+    >>> auth.add("t-alice", User("u1", "alice"), roles=["member"])
+    """
+
+    clock: Callable[[], float] = time.time
+    _sessions: dict[str, tuple[Identity, float | None]] = attrs.field(factory=dict, init=False)
+
+    def add(
+        self,
+        token: str,
+        user: User | None,
+        *,
+        roles: Iterable[str] = (),
+        session: Any = None,
+        expires_at: float | None = None,
+    ) -> Identity:
+        """Register ``token``; ``expires_at`` is compared against ``clock()``."""
+        if not token:
+            raise ValueError("a token must be a non-empty string")
+        identity = Identity(user, session if session is not None else {"token": token}, tuple(roles))
+        self._sessions[token] = (identity, expires_at)
+        return identity
+
+    def revoke(self, token: str) -> None:
+        self._sessions.pop(token, None)
+
+    async def authenticate(self, token: str) -> Identity | None:
+        entry = self._sessions.get(token)
+        if entry is None:
+            return None
+        identity, expires_at = entry
+        if expires_at is not None and self.clock() >= expires_at:
+            return None
+        return identity

@@ -1,0 +1,120 @@
+"""Server channels: a category, its access rule, and its optional publish handler."""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Generic
+
+import attrs
+from typing_extensions import TypeVar
+
+from ._auth import Identity, User
+from .protocol import encode_message, split_channel, validate_category
+
+if TYPE_CHECKING:
+    from ._hub import Hub
+
+__all__ = ["AccessCheck", "ChannelContext", "MessageHandler", "ServerChannel"]
+
+#: The payload type; unparametrised channels carry ``Any`` JSON.
+T = TypeVar("T", default=Any)
+
+
+@attrs.frozen
+class ChannelContext:
+    """Everything an access check or publish handler may decide on.
+
+    Unlike the reference, the channel id is here, so per-user channels are one
+    line: ``lambda ctx: ctx.user is not None and ctx.user.id == ctx.channel_id``.
+    """
+
+    identity: Identity
+    category: str
+    channel_id: str
+    connection_id: str
+
+    @property
+    def user(self) -> User | None:
+        return self.identity.user
+
+    @property
+    def session(self) -> Any:
+        return self.identity.session
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return self.identity.roles
+
+    @property
+    def channel(self) -> str:
+        return f"{self.category}:{self.channel_id}"
+
+
+AccessCheck = Callable[[ChannelContext], "bool | Awaitable[bool]"]
+MessageHandler = Callable[[ChannelContext, str, T], "Awaitable[None] | None"]
+
+
+class ServerChannel(Generic[T]):
+    """One channel category served to clients, e.g. ``ServerChannel("chat")``.
+
+    Args:
+        category: the part of channel names before the first ``:``.
+        can_access: decides each join; sync or async; ``None`` admits everyone.
+            An exception counts as a denial (and is logged), never as a crash.
+        on_message: handles client publishes into this category; without it,
+            clients get ``error`` ``publish_not_allowed``.
+
+    A channel delivers through every :class:`Hub` built with it (normally one).
+    """
+
+    def __init__(
+        self,
+        category: str,
+        can_access: AccessCheck | None = None,
+        on_message: MessageHandler[T] | None = None,
+    ) -> None:
+        self.category = validate_category(category)
+        self.can_access = can_access
+        self.on_message = on_message
+        self._hubs: weakref.WeakSet[Hub] = weakref.WeakSet()
+
+    def __repr__(self) -> str:
+        return f"ServerChannel({self.category!r})"
+
+    def broadcast(self, channel_id: str, data: T) -> None:
+        """Send ``data`` to every connection joined to ``category:channel_id``.
+
+        A plain call, usable from any task: it encodes once, queues for each
+        subscriber and returns without waiting for any of them.
+
+        Raises:
+            TypeError: ``data`` is not JSON-serializable.
+            ValueError: ``channel_id`` is not a valid channel id.
+            RuntimeError: no Hub serves this channel.
+        """
+        name = f"{self.category}:{channel_id}"
+        try:
+            split_channel(name)
+        except Exception as exc:
+            raise ValueError(str(exc)) from None
+        text = encode_message(name, data)
+        if not self._hubs:
+            raise RuntimeError(f"{self!r} is not part of any Hub; build a Hub with it first")
+        for hub in self._hubs:
+            hub.deliver(name, text)
+
+    async def _allows(self, ctx: ChannelContext) -> bool:
+        if self.can_access is None:
+            return True
+        verdict = self.can_access(ctx)
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+        return verdict is True
+
+    async def _handle(self, ctx: ChannelContext, data: Any) -> None:
+        assert self.on_message is not None
+        result = self.on_message(ctx, ctx.channel_id, data)
+        if inspect.isawaitable(result):
+            await result

@@ -1,0 +1,553 @@
+"""The Trio client: connects with a token, joins channels, and survives reconnects."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, Generic
+
+import attrs
+import trio
+import trio_websocket
+from typing_extensions import TypeVar
+
+from ._util import background_nursery
+from .protocol import (
+    ClientFrame,
+    Error,
+    ErrorCode,
+    Join,
+    JoinError,
+    Leave,
+    Message,
+    Ping,
+    ProtocolError,
+    Publish,
+    ServerFrame,
+    Welcome,
+    encode,
+    parse_server_frame,
+    split_channel,
+)
+
+__all__ = [
+    "AuthenticationFailed",
+    "Backoff",
+    "Client",
+    "ClientChannel",
+    "ClientClosed",
+    "ClientError",
+    "ClientMessage",
+    "ConnectionLost",
+    "Dialer",
+    "JoinRefused",
+    "RequestFailed",
+    "open_client",
+    "url_dialer",
+]
+
+logger = logging.getLogger("modelence_trio.client")
+
+#: The payload type; unparametrised channels carry ``Any`` JSON.
+T = TypeVar("T", default=Any)
+
+#: Opens one WebSocket: ``await dial(nursery, extra_headers)``. The nursery owns
+#: the connection's background reader; the client owns the nursery.
+Dialer = Callable[[trio.Nursery, list[tuple[bytes, bytes]]], Awaitable[trio_websocket.WebSocketConnection]]
+
+
+class ClientError(Exception):
+    """Base of the client's own errors."""
+
+
+class AuthenticationFailed(ClientError):
+    """The server refused the token (HTTP 401). Never retried: a new token is needed."""
+
+
+class ClientClosed(ClientError):
+    """The client is closed, or gave up reconnecting."""
+
+
+class ConnectionLost(ClientError):
+    """The connection dropped while a non-idempotent request (a publish) was in flight.
+
+    The server may or may not have received it.
+    """
+
+
+class RequestFailed(ClientError):
+    """The server answered a request with an ``error`` frame."""
+
+    def __init__(self, code: str, error: str) -> None:
+        super().__init__(f"{code}: {error}")
+        self.code = code
+        self.error = error
+
+
+class JoinRefused(RequestFailed):
+    """The server refused a join (``access_denied``, ``unknown_channel``, ...)."""
+
+    def __init__(self, channel: str, code: str, error: str) -> None:
+        super().__init__(code, error)
+        self.channel = channel
+
+
+@attrs.frozen
+class Backoff:
+    """Exponential reconnect delays with jitter: ``initial * factor**attempt``, capped."""
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    factor: float = 2.0
+    jitter: float = 0.2
+
+    def delay(self, attempt: int) -> float:
+        base = min(self.maximum, self.initial * self.factor ** min(attempt, 64))
+        return base * (1 + self.jitter * (2 * random.random() - 1))
+
+
+@attrs.frozen
+class ClientMessage(Generic[T]):
+    """A delivery: the full channel name and its data."""
+
+    channel: str
+    data: T
+
+    @property
+    def category(self) -> str:
+        return self.channel.partition(":")[0]
+
+    @property
+    def channel_id(self) -> str:
+        return self.channel.partition(":")[2]
+
+
+class ClientChannel(Generic[T]):
+    """The client side of one category, as in the reference: ``ClientChannel("chat", on_message)``.
+
+    ``on_message`` is called with each :class:`ClientMessage` of the category; it
+    runs inside the client's reader, so it must be quick and must not block
+    (hand slow work to a task, or use ``Client.messages()``).
+    """
+
+    def __init__(self, category: str, on_message: Callable[[ClientMessage[T]], None] | None = None) -> None:
+        self.category = category
+        self.on_message = on_message
+        self._client: Client | None = None
+
+    def _bound(self) -> Client:
+        if self._client is None:
+            raise RuntimeError(f"ClientChannel({self.category!r}) is not part of a client; pass it to open_client()")
+        return self._client
+
+    async def join(self, channel_id: str) -> None:
+        await self._bound().join(f"{self.category}:{channel_id}")
+
+    async def leave(self, channel_id: str) -> None:
+        await self._bound().leave(f"{self.category}:{channel_id}")
+
+    async def publish(self, channel_id: str, data: T) -> None:
+        await self._bound().publish(f"{self.category}:{channel_id}", data)
+
+
+@attrs.define(eq=False)
+class _Pending:
+    event: trio.Event = attrs.field(factory=trio.Event)
+    reply: ServerFrame | None = None
+
+
+def url_dialer(url: str) -> Dialer:
+    """A dialer for a ``ws://`` or ``wss://`` URL."""
+
+    async def dial(nursery: trio.Nursery, headers: list[tuple[bytes, bytes]]) -> trio_websocket.WebSocketConnection:
+        return await trio_websocket.connect_websocket_url(nursery, url, extra_headers=headers)
+
+    return dial
+
+
+class Client:
+    """A connection to a modelence-trio server that outlives network failures.
+
+    Create it with :func:`open_client`. ``join``/``leave``/``publish`` wait for
+    the server's reply; while the connection is down they wait for the next
+    one. After a reconnect every joined channel is joined again.
+    """
+
+    def __init__(
+        self,
+        dial: Dialer,
+        *,
+        token: str | None,
+        channels: Iterable[ClientChannel[Any]],
+        reconnect: bool,
+        backoff: Backoff,
+        heartbeat_interval: float | None,
+        heartbeat_timeout: float,
+        on_join_error: Callable[[JoinRefused], None] | None,
+    ) -> None:
+        self._dial = dial
+        self._headers = [(b"Authorization", f"Bearer {token}".encode())] if token is not None else []
+        self._channels: dict[str, ClientChannel[Any]] = {}
+        for channel in channels:
+            if channel._client is not None:
+                raise ValueError(f"ClientChannel({channel.category!r}) already belongs to a client")
+            channel._client = self
+            self._channels[channel.category] = channel
+        self._reconnect = reconnect
+        self._backoff = backoff
+        self._heartbeat_interval = heartbeat_interval
+        self._heartbeat_timeout = heartbeat_timeout
+        self._on_join_error = on_join_error
+        self._refs = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._joined: set[str] = set()
+        self._ws: trio_websocket.WebSocketConnection | None = None
+        self._connected = trio.Event()
+        self._inbox: (
+            tuple[trio.MemorySendChannel[ClientMessage[Any]], trio.MemoryReceiveChannel[ClientMessage[Any]]] | None
+        ) = None
+        self._closed: BaseException | None = None
+        self._closed_event = trio.Event()
+        self._peer_silent = False
+        self.welcome: Welcome | None = None
+        #: How many times the connection was (re-)established.
+        self.connections = 0
+
+    # --- public API ---------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None
+
+    @property
+    def joined(self) -> frozenset[str]:
+        """Channels this client has joined and will re-join after a reconnect."""
+        return frozenset(self._joined)
+
+    async def wait_connected(self) -> None:
+        """Wait until a connection is up (returns at once if it is)."""
+        await self._current_ws()
+
+    async def join(self, channel: str) -> None:
+        """Join ``channel``; idempotent.
+
+        Raises:
+            JoinRefused: carrying the server's ``code`` (``access_denied``, ...).
+            ValueError: ``channel`` is not a valid ``category:id`` name.
+        """
+        _check_name(channel)
+        reply = await self._request(lambda ref: Join(channel, ref), retry=True)
+        if isinstance(reply, JoinError):
+            raise JoinRefused(channel, reply.code, reply.error)
+        self._joined.add(channel)
+
+    async def leave(self, channel: str) -> None:
+        """Leave ``channel``; once this returns no more of its messages arrive."""
+        _check_name(channel)
+        self._joined.discard(channel)
+        await self._request(lambda ref: Leave(channel, ref), retry=True)
+
+    async def publish(self, channel: str, data: Any) -> None:
+        """Publish into a joined channel whose server side accepts publishes.
+
+        Raises:
+            RequestFailed: e.g. ``not_joined`` or ``publish_not_allowed``.
+            ConnectionLost: the connection dropped before the server confirmed.
+        """
+        _check_name(channel)
+        await self._request(lambda ref: Publish(channel, data, ref), retry=False)
+
+    async def ping(self) -> float:
+        """An application-level round trip; returns the seconds it took."""
+        start = trio.current_time()
+        await self._request(lambda ref: Ping(ref), retry=True)
+        return trio.current_time() - start
+
+    def messages(self, buffer: int = 1024) -> trio.MemoryReceiveChannel[ClientMessage[Any]]:
+        """Every delivery from the first call on, in order, across reconnects.
+
+        ``async for message in client.messages(): ...``. Messages that arrived
+        before the first call are not kept. A full buffer pauses the reader
+        (backpressure) rather than dropping anything. It ends when the client
+        closes.
+        """
+        if self._inbox is None:
+            self._inbox = trio.open_memory_channel[ClientMessage[Any]](buffer)
+        return self._inbox[1]
+
+    # --- connection supervision ---------------------------------------------------
+
+    async def _supervise(
+        self, *, task_status: trio.TaskStatus[BaseException | None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        attempt = 0
+        started = False
+        while True:
+            failure: BaseException | None = None
+            try:
+                async with trio.open_nursery() as nursery:
+                    await self._connect(nursery)
+                    attempt = 0
+                    if not started:
+                        started = True
+                        task_status.started(None)
+                    # Snapshot now: joins made from here on are the callers' own.
+                    nursery.start_soon(self._rejoin, sorted(self._joined))
+                    if self._heartbeat_interval is not None:
+                        nursery.start_soon(self._heartbeat, nursery.cancel_scope)
+                    await self._read_loop()
+                    nursery.cancel_scope.cancel()
+            except Exception as exc:  # groups of Exceptions too; Cancelled passes
+                failure = _classify(exc)
+            finally:
+                await self._disconnected()
+            if isinstance(failure, AuthenticationFailed) or (not started and failure is not None):
+                self._finish(failure or ClientClosed("could not connect"))
+                if not started:
+                    task_status.started(self._closed)
+                return
+            if not self._reconnect:
+                self._finish(ClientClosed("connection closed and reconnect is off"))
+                return
+            delay = self._backoff.delay(attempt)
+            attempt += 1
+            logger.info("connection lost (%s); reconnecting in %.2fs", failure, delay)
+            await trio.sleep(delay)
+
+    async def _connect(self, nursery: trio.Nursery) -> None:
+        ws = await self._dial(nursery, list(self._headers))
+        first = parse_server_frame(await ws.get_message())
+        if not isinstance(first, Welcome):
+            raise ProtocolError(ErrorCode.INVALID_FRAME, "the first frame was not 'welcome'")
+        self.welcome = first
+        self.connections += 1
+        self._ws = ws
+        self._connected.set()
+
+    async def _disconnected(self) -> None:
+        ws, self._ws = self._ws, None
+        if self._connected.is_set():
+            self._connected = trio.Event()
+        for pending in self._pending.values():
+            pending.event.set()  # reply None: the waiter sees a disconnect
+        if ws is not None:
+            # A peer that stopped answering pings will not answer a close
+            # either: then close the socket at once instead of waiting.
+            grace = 0.0 if self._peer_silent else 1.0
+            self._peer_silent = False
+            with trio.CancelScope(shield=True), trio.move_on_after(grace):
+                await ws.aclose()
+
+    def _finish(self, reason: BaseException) -> None:
+        if self._closed is None:
+            self._closed = reason
+        self._closed_event.set()
+        self._connected.set()  # wake waiters so they see the closed state
+        if self._inbox is not None:
+            self._inbox[0].close()
+
+    async def _rejoin(self, channels: list[str]) -> None:
+        for channel in channels:
+            try:
+                reply = await self._request(functools.partial(_join_frame, channel), retry=False)
+            except ClientError:
+                return  # disconnected again (the next connection re-joins) or closed
+            if isinstance(reply, JoinError):
+                self._joined.discard(channel)
+                refusal = JoinRefused(channel, reply.code, reply.error)
+                logger.warning("re-join refused: %s", refusal)
+                if self._on_join_error is not None:
+                    self._on_join_error(refusal)
+
+    async def _heartbeat(self, cancel_scope: trio.CancelScope) -> None:
+        assert self._heartbeat_interval is not None
+        ws = self._ws
+        assert ws is not None
+        while True:
+            await trio.sleep(self._heartbeat_interval)
+            with trio.move_on_after(self._heartbeat_timeout):
+                try:
+                    await ws.ping()
+                except trio_websocket.ConnectionClosed:
+                    return
+                continue
+            logger.warning("no pong from the server within %.1fs; reconnecting", self._heartbeat_timeout)
+            self._peer_silent = True
+            cancel_scope.cancel()
+            return
+
+    async def _read_loop(self) -> None:
+        ws = self._ws
+        assert ws is not None
+        while True:
+            try:
+                text = await ws.get_message()
+            except trio_websocket.ConnectionClosed:
+                return
+            try:
+                frame = parse_server_frame(text)
+            except ProtocolError as exc:
+                logger.warning("ignoring a frame from the server: %s", exc)
+                continue
+            if isinstance(frame, Message):
+                await self._dispatch(frame)
+                continue
+            ref = getattr(frame, "ref", None)
+            pending = self._pending.get(ref) if isinstance(ref, int) else None
+            if pending is not None:
+                pending.reply = frame
+                pending.event.set()
+            elif isinstance(frame, Error):
+                logger.warning("server error: %s: %s", frame.code, frame.error)
+
+    async def _dispatch(self, frame: Message) -> None:
+        message: ClientMessage[Any] = ClientMessage(frame.channel, frame.data)
+        channel = self._channels.get(message.category)
+        if channel is not None and channel.on_message is not None:
+            try:
+                channel.on_message(message)
+            except Exception:
+                logger.exception("on_message handler for %s raised", frame.channel)
+        if self._inbox is not None:
+            try:
+                await self._inbox[0].send(message)
+            except trio.BrokenResourceError:
+                self._inbox = None
+
+    async def _current_ws(self) -> trio_websocket.WebSocketConnection:
+        while True:
+            if self._closed is not None:
+                raise ClientClosed(f"the client is closed: {self._closed}") from self._closed
+            if self._ws is not None:
+                return self._ws
+            await self._connected.wait()
+
+    async def _request(self, build: Callable[[int], ClientFrame], *, retry: bool) -> ServerFrame:
+        while True:
+            ws = await self._current_ws()
+            ref = next(self._refs)
+            pending = _Pending()
+            self._pending[ref] = pending
+            try:
+                try:
+                    await ws.send_message(encode(build(ref)))
+                except trio_websocket.ConnectionClosed:
+                    pending.reply = None
+                else:
+                    await pending.event.wait()
+            finally:
+                del self._pending[ref]
+            reply = pending.reply
+            if reply is None:
+                if retry:
+                    continue
+                raise ConnectionLost("the connection dropped before the server replied")
+            if isinstance(reply, Error):
+                raise RequestFailed(reply.code, reply.error)
+            return reply
+
+    async def _aclose(self) -> None:
+        self._finish(ClientClosed("closed by the application"))
+        ws = self._ws
+        if ws is not None:
+            with trio.move_on_after(1.0):
+                await ws.aclose()
+
+
+def _join_frame(channel: str, ref: int) -> ClientFrame:
+    return Join(channel, ref)
+
+
+def _check_name(channel: str) -> None:
+    try:
+        split_channel(channel)
+    except ProtocolError as exc:
+        raise ValueError(exc.message) from None
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+_TRANSIENT = (
+    OSError,
+    trio_websocket.HandshakeError,
+    trio_websocket.ConnectionClosed,
+    ProtocolError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+)
+
+
+def _classify(exc: Exception) -> BaseException:
+    """Turn what a connection attempt raised into the reason we record.
+
+    A 401 becomes ``AuthenticationFailed``; network and handshake failures are
+    transient; anything else is a bug and propagates.
+    """
+    leaves = _leaves(exc)
+    for leaf in leaves:
+        if isinstance(leaf, trio_websocket.ConnectionRejected):
+            body = (leaf.body or b"").decode("utf-8", "replace")
+            if leaf.status_code == 401:
+                return AuthenticationFailed(f"the server refused the token: {body or 401}")
+            return leaf
+    if all(isinstance(leaf, _TRANSIENT) for leaf in leaves):
+        return leaves[0]
+    raise exc
+
+
+@asynccontextmanager
+async def open_client(
+    url: str | None = None,
+    *,
+    token: str | None = None,
+    dial: Dialer | None = None,
+    channels: Iterable[ClientChannel[Any]] = (),
+    reconnect: bool = True,
+    backoff: Backoff = Backoff(),
+    heartbeat_interval: float | None = 20.0,
+    heartbeat_timeout: float = 20.0,
+    on_join_error: Callable[[JoinRefused], None] | None = None,
+) -> AsyncIterator[Client]:
+    """Connect to a server and yield a :class:`Client`; close it on exit.
+
+    Give either ``url`` (``ws://host:port/ws``) or ``dial`` (see
+    ``modelence_trio.testing`` for an in-memory one). The first connection must
+    succeed, so that a wrong URL or token fails here, loudly; after that the
+    client reconnects with ``backoff`` and re-joins its channels.
+
+    Raises:
+        AuthenticationFailed: the server refused ``token``.
+        ClientClosed: the first connection could not be made (see ``__cause__``).
+    """
+    if (url is None) == (dial is None):
+        raise TypeError("give exactly one of url= or dial=")
+    dialer = dial if dial is not None else url_dialer(url)  # type: ignore[arg-type]
+    client = Client(
+        dialer,
+        token=token,
+        channels=channels,
+        reconnect=reconnect,
+        backoff=backoff,
+        heartbeat_interval=heartbeat_interval,
+        heartbeat_timeout=heartbeat_timeout,
+        on_join_error=on_join_error,
+    )
+    async with background_nursery() as nursery:
+        failure = await nursery.start(client._supervise)
+        if failure is None:
+            try:
+                yield client
+            finally:
+                await client._aclose()
+    if failure is not None:
+        if isinstance(failure, ClientError):
+            raise failure
+        raise ClientClosed(f"could not connect: {failure!r}") from failure

@@ -1,0 +1,85 @@
+"""The trio-websocket transport: a TCP server, and the per-stream handshake it runs."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import NoReturn
+
+import trio
+import trio_websocket
+
+from ._hub import Hub
+from ._transport import TrioWebSocketTransport
+from ._util import shielded_until_stopped
+from .protocol import HandshakeRejected
+
+__all__ = ["serve_stream", "serve_websocket"]
+
+logger = logging.getLogger("modelence_trio")
+
+
+async def serve_websocket(
+    hub: Hub,
+    host: str | None = "127.0.0.1",
+    port: int = 0,
+    *,
+    handler_nursery: trio.Nursery | None = None,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Serve ``hub`` over WebSockets on ``host:port`` until cancelled.
+
+    Start it with ``port = await nursery.start(serve_websocket, hub, host, 0)``:
+    the call returns the bound port once the server accepts connections.
+    Cancelling it stops accepting and closes every connection with 1001 after
+    flushing what was queued for it (within ``HubConfig.shutdown_grace``).
+    """
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound: int = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            partial(trio.serve_listeners, partial(serve_stream, hub), listeners, handler_nursery=handler_nursery)
+        )
+        logger.info("modelence-trio listening on ws://%s:%d", host or "0.0.0.0", bound)
+        task_status.started(bound)
+        await trio.sleep_forever()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def serve_stream(hub: Hub, stream: trio.abc.Stream) -> None:
+    """Run the WebSocket handshake on ``stream`` and then the hub's connection core.
+
+    One nursery per connection holds trio-websocket's reader task and our own
+    tasks; it is gone when this returns. Errors are logged and contained: one
+    broken connection never takes down the server.
+    """
+    try:
+        async with shielded_until_stopped(hub.config.shutdown_grace) as stopping, trio.open_nursery() as nursery:
+            request = None
+            with trio.move_on_after(hub.config.handshake_timeout):
+                request = await trio_websocket.wrap_server_stream(
+                    nursery, stream, max_message_size=hub.config.max_frame_size
+                )
+            if request is not None:
+                await _handle_request(hub, request, stopping)
+            # trio-websocket's reader task is still running; the connection is over.
+            nursery.cancel_scope.cancel()
+    except Exception:
+        logger.exception("connection failed")
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(stream)
+
+
+async def _handle_request(hub: Hub, request: trio_websocket.WebSocketRequest, stopping: trio.Event) -> None:
+    try:
+        identity = await hub.authenticate(request.path, request.headers)
+    except HandshakeRejected as exc:
+        await request.reject(
+            exc.status,
+            extra_headers=[(b"Content-Type", b"text/plain; charset=utf-8")],
+            body=exc.reason.encode(),
+        )
+        return
+    ws = await request.accept()
+    await hub.serve_connection(TrioWebSocketTransport(ws), identity, stopping=stopping)

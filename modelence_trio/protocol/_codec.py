@@ -1,0 +1,267 @@
+"""Text <-> frames for protocol v1. Pure functions: no I/O, no clock, no trio.
+
+Parsing never raises anything but ``ProtocolError`` for bad input, whatever
+the input, so transports can answer bad frames and keep the connection open.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from ._errors import ErrorCode, ProtocolError
+from ._frames import (
+    ClientFrame,
+    Error,
+    Join,
+    Joined,
+    JoinError,
+    JsonValue,
+    Leave,
+    Left,
+    Message,
+    Ping,
+    Pong,
+    Publish,
+    Published,
+    Ref,
+    ServerFrame,
+    Welcome,
+)
+from ._names import DEFAULT_MAX_ID_LENGTH, split_channel
+
+__all__ = [
+    "Limits",
+    "encode",
+    "encode_message",
+    "error_reply",
+    "parse_client_frame",
+    "parse_server_frame",
+]
+
+_MAX_SAFE_INT = 2**53  # the largest integer every JavaScript client reads exactly
+
+
+@attrs.frozen
+class Limits:
+    """Bounds applied while parsing untrusted client frames."""
+
+    max_id_length: int = DEFAULT_MAX_ID_LENGTH
+    max_ref_length: int = 128
+
+
+DEFAULT_LIMITS = Limits()
+
+_dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+def encode_message(channel: str, data: JsonValue) -> str:
+    """Encode a delivery; the broadcast hot path, called once per broadcast.
+
+    Raises:
+        TypeError: ``data`` is not JSON (a set, a datetime, NaN, a cycle...).
+    """
+    try:
+        body = _dumps(data)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise TypeError(f"broadcast data for {channel!r} is not JSON-serializable: {exc}") from None
+    return '{"type":"message","channel":' + _dumps(channel) + ',"data":' + body + "}"
+
+
+def encode(frame: ClientFrame | ServerFrame) -> str:
+    """Encode any frame as one JSON object, ``type`` first and ``ref`` only when set."""
+    if isinstance(frame, Message):
+        return encode_message(frame.channel, frame.data)
+    wire_type, fields = _ENCODERS[type(frame)]
+    obj: dict[str, Any] = {"type": wire_type}
+    for name in fields:
+        obj[name] = getattr(frame, name)
+    if isinstance(frame, Welcome):
+        obj["roles"] = list(frame.roles)
+    ref = getattr(frame, "ref", None)
+    if ref is not None:
+        obj["ref"] = ref
+    try:
+        return _dumps(obj)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise TypeError(f"frame {frame!r} is not JSON-serializable: {exc}") from None
+
+
+_ENCODERS: dict[type, tuple[str, tuple[str, ...]]] = {
+    Join: ("join", ("channel",)),
+    Leave: ("leave", ("channel",)),
+    Publish: ("message", ("channel", "data")),
+    Ping: ("ping", ()),
+    Welcome: ("welcome", ("protocol", "connection", "user", "roles")),
+    Joined: ("joined", ("channel",)),
+    Left: ("left", ("channel",)),
+    JoinError: ("join_error", ("channel", "error", "code")),
+    Published: ("published", ("channel",)),
+    Pong: ("pong", ()),
+    Error: ("error", ("error", "code")),
+}
+
+
+# --- parsing --------------------------------------------------------------------
+
+
+def _load(text: str | bytes) -> dict[str, Any]:
+    if not isinstance(text, str):
+        raise ProtocolError(ErrorCode.BINARY_FRAME, "binary frames are not supported; send JSON text")
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"frame is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.INVALID_FRAME, "a frame must be a JSON object")
+    return obj
+
+
+def _ref(obj: Mapping[str, Any], limits: Limits) -> Ref:
+    ref = obj.get("ref")
+    if ref is None:
+        return None
+    if isinstance(ref, str):
+        if len(ref) <= limits.max_ref_length:
+            return ref
+    elif isinstance(ref, int) and not isinstance(ref, bool) and -_MAX_SAFE_INT <= ref <= _MAX_SAFE_INT:
+        return ref
+    raise ProtocolError(
+        ErrorCode.INVALID_FIELD,
+        f"'ref' must be a string of at most {limits.max_ref_length} characters or an integer within +-2**53",
+    )
+
+
+def _string(obj: Mapping[str, Any], key: str, ref: Ref) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        problem = "is missing" if key not in obj else "must be a string"
+        raise ProtocolError(ErrorCode.INVALID_FIELD, f"field {key!r} {problem}", ref=ref)
+    return value
+
+
+def _channel(obj: Mapping[str, Any], ref: Ref, limits: Limits) -> str:
+    name = _string(obj, "channel", ref)
+    try:
+        split_channel(name, max_id_length=limits.max_id_length)
+    except ProtocolError as exc:
+        exc.ref = ref
+        raise
+    return name
+
+
+def _parse_join(obj: Mapping[str, Any], ref: Ref, limits: Limits) -> ClientFrame:
+    return Join(_channel(obj, ref, limits), ref)
+
+
+def _parse_leave(obj: Mapping[str, Any], ref: Ref, limits: Limits) -> ClientFrame:
+    return Leave(_channel(obj, ref, limits), ref)
+
+
+def _parse_publish(obj: Mapping[str, Any], ref: Ref, limits: Limits) -> ClientFrame:
+    channel = _channel(obj, ref, limits)
+    if "data" not in obj:
+        raise ProtocolError(ErrorCode.INVALID_FIELD, "field 'data' is missing", ref=ref)
+    return Publish(channel, obj["data"], ref)
+
+
+def _parse_ping(obj: Mapping[str, Any], ref: Ref, limits: Limits) -> ClientFrame:
+    return Ping(ref)
+
+
+_CLIENT_PARSERS: dict[str, Callable[[Mapping[str, Any], Ref, Limits], ClientFrame]] = {
+    "join": _parse_join,
+    "leave": _parse_leave,
+    "message": _parse_publish,
+    "ping": _parse_ping,
+}
+
+
+def parse_client_frame(text: str | bytes, *, limits: Limits = DEFAULT_LIMITS) -> ClientFrame:
+    """Parse one WebSocket message from a client.
+
+    Unknown fields are ignored so that newer clients can talk to older servers.
+
+    Raises:
+        ProtocolError: for anything that is not a valid client frame; its
+            ``ref`` is set whenever the frame's own ``ref`` was readable, and its
+            ``frame_type`` tells which frame type it was meant to be.
+    """
+    obj = _load(text)
+    ref = _ref(obj, limits)
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(ErrorCode.INVALID_FIELD, "field 'type' is missing or not a string", ref=ref)
+    parser = _CLIENT_PARSERS.get(kind)
+    if parser is None:
+        shown = kind if len(kind) <= 40 else kind[:37] + "..."
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {shown!r}", ref=ref)
+    try:
+        return parser(obj, ref, limits)
+    except ProtocolError as exc:
+        exc.frame_type = kind
+        raise
+
+
+def error_reply(error: ProtocolError) -> JoinError | Error:
+    """The frame that answers a rejected client frame.
+
+    A join with a malformed channel name gets ``join_error`` (so a client
+    waiting on that join sees the refusal); everything else gets ``error``.
+    """
+    if error.frame_type == "join" and error.channel is not None:
+        return JoinError(error.channel, error.code.value, error.message, error.ref)
+    return Error(error.code.value, error.message, error.ref)
+
+
+# --- server frames, for clients ------------------------------------------------
+
+
+def _any_ref(obj: Mapping[str, Any]) -> Ref:
+    ref = obj.get("ref")
+    return ref if isinstance(ref, (str, int)) and not isinstance(ref, bool) else None
+
+
+def parse_server_frame(text: str | bytes) -> ServerFrame:
+    """Parse one message from the server (the client's side of the protocol).
+
+    Raises:
+        ProtocolError: malformed frame or unknown ``type``; clients are expected
+            to log and skip such frames.
+    """
+    obj = _load(text)
+    kind = obj.get("type")
+    ref = _any_ref(obj)
+    try:
+        if kind == "message":
+            return Message(_string(obj, "channel", ref), obj.get("data"))
+        if kind == "joined":
+            return Joined(_string(obj, "channel", ref), ref)
+        if kind == "left":
+            return Left(_string(obj, "channel", ref), ref)
+        if kind == "join_error":
+            return JoinError(_string(obj, "channel", ref), _string(obj, "code", ref), _string(obj, "error", ref), ref)
+        if kind == "pong":
+            return Pong(ref)
+        if kind == "published":
+            return Published(_string(obj, "channel", ref), ref)
+        if kind == "error":
+            return Error(_string(obj, "code", ref), _string(obj, "error", ref), ref)
+        if kind == "welcome":
+            user = obj.get("user")
+            roles = obj.get("roles")
+            protocol = obj.get("protocol")
+            if user is not None and not isinstance(user, dict):
+                raise ProtocolError(ErrorCode.INVALID_FIELD, "field 'user' must be an object or null")
+            if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+                raise ProtocolError(ErrorCode.INVALID_FIELD, "field 'roles' must be a list of strings")
+            if not isinstance(protocol, int):
+                raise ProtocolError(ErrorCode.INVALID_FIELD, "field 'protocol' must be an integer")
+            return Welcome(_string(obj, "connection", ref), user, tuple(roles), protocol)
+    except ProtocolError as exc:
+        exc.frame_type = str(kind)
+        raise
+    raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {kind!r}", ref=ref)

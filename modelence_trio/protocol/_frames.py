@@ -1,0 +1,137 @@
+"""The frames of protocol v1 as immutable values.
+
+One class per frame type. They hold already-validated values: the codec builds
+them from untrusted text, and code that builds them by hand is trusted (the same
+split as h11's events, and attrs' own advice to keep wire parsing out of
+domain classes).
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import attrs
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "ClientFrame",
+    "Error",
+    "Join",
+    "JoinError",
+    "Joined",
+    "JsonValue",
+    "Leave",
+    "Left",
+    "Message",
+    "Ping",
+    "Pong",
+    "Publish",
+    "Published",
+    "Ref",
+    "ServerFrame",
+    "Welcome",
+]
+
+PROTOCOL_VERSION = 1
+
+#: Any value ``json`` can encode. Kept as ``Any`` so that apps can pass their own
+#: TypedDicts and dataclass-shaped dicts without casts.
+JsonValue: TypeAlias = Any
+#: A client-chosen correlation id, echoed verbatim on the reply.
+Ref: TypeAlias = "str | int | None"
+
+
+# --- client to server ---------------------------------------------------------
+
+
+@attrs.frozen
+class Join:
+    channel: str
+    ref: Ref = None
+
+
+@attrs.frozen
+class Leave:
+    channel: str
+    ref: Ref = None
+
+
+@attrs.frozen
+class Publish:
+    """A client publishing ``data`` into a channel it has joined."""
+
+    channel: str
+    data: JsonValue
+    ref: Ref = None
+
+
+@attrs.frozen
+class Ping:
+    ref: Ref = None
+
+
+ClientFrame: TypeAlias = "Join | Leave | Publish | Ping"
+
+
+# --- server to client ---------------------------------------------------------
+
+
+@attrs.frozen
+class Welcome:
+    """The first frame on every accepted connection: who the server thinks you are."""
+
+    connection: str
+    user: dict[str, JsonValue] | None
+    roles: tuple[str, ...] = ()
+    protocol: int = PROTOCOL_VERSION
+
+
+@attrs.frozen
+class Joined:
+    channel: str
+    ref: Ref = None
+
+
+@attrs.frozen
+class Left:
+    channel: str
+    ref: Ref = None
+
+
+@attrs.frozen
+class JoinError:
+    channel: str
+    code: str
+    error: str
+    ref: Ref = None
+
+
+@attrs.frozen
+class Message:
+    """A delivery. Later protocol revisions add fields (offsets); readers ignore them."""
+
+    channel: str
+    data: JsonValue
+
+
+@attrs.frozen
+class Published:
+    """Acknowledges a client publish; sent only when the publish carried a ``ref``."""
+
+    channel: str
+    ref: Ref = None
+
+
+@attrs.frozen
+class Pong:
+    ref: Ref = None
+
+
+@attrs.frozen
+class Error:
+    code: str
+    error: str
+    ref: Ref = None
+
+
+ServerFrame: TypeAlias = "Welcome | Joined | Left | JoinError | Message | Published | Pong | Error"

@@ -1,0 +1,194 @@
+"""The server over real sockets, driven by a plain WebSocket client (not ours)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+import trio_websocket
+
+from modelence_trio import ChannelContext, Hub, HubConfig, MemoryAuthenticator, ServerChannel, User, serve_websocket
+
+from .helpers import receive_json, request, send_json
+
+
+@pytest.fixture
+def chat() -> ServerChannel[object]:
+    def can_access(ctx: ChannelContext) -> bool:
+        return ctx.channel_id != "private"
+
+    return ServerChannel("chat", can_access=can_access, on_message=lambda ctx, cid, data: None)
+
+
+@pytest.fixture
+def auth() -> MemoryAuthenticator:
+    auth = MemoryAuthenticator()
+    auth.add("alice-token", User("u1", "alice"), roles=["member"])
+    auth.add("old-token", User("u2", "bob"), expires_at=0)
+    return auth
+
+
+@pytest.fixture
+async def url(nursery: trio.Nursery, chat: ServerChannel[object], auth: MemoryAuthenticator) -> AsyncIterator[str]:
+    hub = Hub([chat], authenticator=auth, config=HubConfig(authenticated_roles=["user"]))
+    port = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
+    yield f"ws://127.0.0.1:{port}/ws"
+
+
+async def test_welcome_anonymous(url: str) -> None:
+    async with trio_websocket.open_websocket_url(url) as ws:
+        welcome = await receive_json(ws)
+    assert welcome["type"] == "welcome"
+    assert welcome["protocol"] == 1
+    assert welcome["user"] is None
+    assert welcome["roles"] == []
+    assert isinstance(welcome["connection"], str) and welcome["connection"]
+
+
+async def test_welcome_authenticated_by_query_token(url: str) -> None:
+    async with trio_websocket.open_websocket_url(url + "?token=alice-token") as ws:
+        welcome = await receive_json(ws)
+    assert welcome["user"] == {"id": "u1", "handle": "alice"}
+    assert welcome["roles"] == ["user", "member"]
+
+
+async def test_welcome_authenticated_by_header(url: str) -> None:
+    headers = [(b"Authorization", b"Bearer alice-token")]
+    async with trio_websocket.open_websocket_url(url, extra_headers=headers) as ws:
+        assert (await receive_json(ws))["user"]["handle"] == "alice"
+
+
+@pytest.mark.parametrize("suffix", ["?token=nope", "?token=old-token", "?token="])
+async def test_bad_token_is_refused_with_401(url: str, suffix: str) -> None:
+    with pytest.raises(trio_websocket.ConnectionRejected) as info:
+        async with trio_websocket.open_websocket_url(url + suffix):
+            pass  # pragma: no cover
+    assert info.value.status_code == 401
+    assert info.value.body
+
+
+async def test_join_message_leave(url: str, chat: ServerChannel[object]) -> None:
+    async with trio_websocket.open_websocket_url(url) as ws:
+        await receive_json(ws)
+        assert await request(ws, {"type": "join", "channel": "chat:room1", "ref": 1}) == {
+            "type": "joined",
+            "channel": "chat:room1",
+            "ref": 1,
+        }
+        chat.broadcast("room1", {"text": "hi"})
+        chat.broadcast("room2", {"text": "not for you"})
+        chat.broadcast("room1", {"text": "again"})
+        assert await receive_json(ws) == {"type": "message", "channel": "chat:room1", "data": {"text": "hi"}}
+        assert await receive_json(ws) == {"type": "message", "channel": "chat:room1", "data": {"text": "again"}}
+        assert await request(ws, {"type": "leave", "channel": "chat:room1", "ref": "two"}) == {
+            "type": "left",
+            "channel": "chat:room1",
+            "ref": "two",
+        }
+        chat.broadcast("room1", {"text": "after leave"})
+        assert await request(ws, {"type": "ping", "ref": 3}) == {"type": "pong", "ref": 3}
+
+
+@pytest.mark.parametrize(
+    ("channel", "code"),
+    [
+        ("chat:private", "access_denied"),
+        ("news:today", "unknown_channel"),
+        ("chatroom", "invalid_channel"),
+        ("chat:", "invalid_channel"),
+        ("chat:a\u0007b", "invalid_channel"),
+    ],
+)
+async def test_join_errors(url: str, channel: str, code: str) -> None:
+    async with trio_websocket.open_websocket_url(url) as ws:
+        await receive_json(ws)
+        reply = await request(ws, {"type": "join", "channel": channel, "ref": 9})
+        assert reply["type"] == "join_error"
+        assert reply["channel"] == channel
+        assert reply["code"] == code
+        assert reply["ref"] == 9
+        assert reply["error"]
+        if code == "access_denied":
+            assert reply["error"] == "Access denied"
+        # The connection is still usable.
+        assert await request(ws, {"type": "ping", "ref": 1}) == {"type": "pong", "ref": 1}
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("garbage", "invalid_json"),
+        ("[1]", "invalid_frame"),
+        ('{"type":"dance","ref":1}', "unknown_type"),
+        ('{"type":"join","ref":1}', "invalid_field"),
+        ('{"type":"leave","channel":"chat","ref":1}', "invalid_channel"),
+        ('{"type":"message","channel":"chat:x","data":1,"ref":1}', "not_joined"),
+    ],
+)
+async def test_bad_frames_get_error_and_connection_survives(url: str, frame: str, code: str) -> None:
+    async with trio_websocket.open_websocket_url(url) as ws:
+        await receive_json(ws)
+        await ws.send_message(frame)
+        reply = await receive_json(ws)
+        assert reply["type"] == "error"
+        assert reply["code"] == code
+        assert reply["error"]
+        assert await request(ws, {"type": "ping", "ref": 2}) == {"type": "pong", "ref": 2}
+
+
+async def test_binary_frame_gets_error(url: str) -> None:
+    async with trio_websocket.open_websocket_url(url) as ws:
+        await receive_json(ws)
+        await ws.send_message(b"\x00\x01")
+        assert (await receive_json(ws))["code"] == "binary_frame"
+        assert await request(ws, {"type": "ping"}) == {"type": "pong"}
+
+
+async def test_a_bad_client_does_not_disturb_another(url: str, chat: ServerChannel[object]) -> None:
+    async with trio_websocket.open_websocket_url(url) as good, trio_websocket.open_websocket_url(url) as bad:
+        await receive_json(good)
+        await receive_json(bad)
+        await request(good, {"type": "join", "channel": "chat:r"})
+        for junk in ["{", "[]", '{"type":null}', "\u0000", '{"type":"join","channel":"x"}']:
+            await bad.send_message(junk)
+        chat.broadcast("r", 1)
+        assert (await receive_json(good))["data"] == 1
+
+
+async def test_publish_from_client(url: str, nursery: trio.Nursery) -> None:
+    received: list[tuple[str, object]] = []
+    echo = ServerChannel("echo", on_message=lambda ctx, cid, data: received.append((cid, data)))
+    plain = ServerChannel("plain")
+    hub = Hub([echo, plain])
+    port = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
+    async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/") as ws:
+        await receive_json(ws)
+        await request(ws, {"type": "join", "channel": "echo:1"})
+        await request(ws, {"type": "join", "channel": "plain:1"})
+        reply = await request(ws, {"type": "message", "channel": "echo:1", "data": {"a": 1}, "ref": 5})
+        assert reply == {"type": "published", "channel": "echo:1", "ref": 5}
+        assert received == [("1", {"a": 1})]
+        reply = await request(ws, {"type": "message", "channel": "plain:1", "data": 1, "ref": 6})
+        assert reply["code"] == "publish_not_allowed"
+        assert reply["ref"] == 6
+
+
+async def test_oversized_frame_is_closed_with_1009(nursery: trio.Nursery) -> None:
+    hub = Hub([ServerChannel("chat")], config=HubConfig(max_frame_size=1000))
+    port = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
+    async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/") as ws:
+        await receive_json(ws)
+        await send_json(ws, {"type": "ping", "ref": "x" * 2000})
+        with pytest.raises(trio_websocket.ConnectionClosed) as info, trio.fail_after(5):
+            await ws.get_message()
+        assert info.value.reason is not None and info.value.reason.code == 1009
+
+
+async def test_require_user_refuses_anonymous(nursery: trio.Nursery) -> None:
+    hub = Hub([ServerChannel("chat")], authenticator=MemoryAuthenticator(), config=HubConfig(require_user=True))
+    port = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
+    with pytest.raises(trio_websocket.ConnectionRejected) as info:
+        async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/"):
+            pass  # pragma: no cover
+    assert info.value.status_code == 401
