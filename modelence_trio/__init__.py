@@ -8,7 +8,7 @@ The wire protocol is in :mod:`modelence_trio.protocol` and protocol.md.
 """
 
 from ._auth import Authenticator, Identity, MemoryAuthenticator, User
-from ._channel import ChannelContext, ServerChannel
+from ._channel import ChannelContext, PublishRejected, ServerChannel
 from ._client import (
     AuthenticationFailed,
     Backoff,
@@ -45,6 +45,7 @@ __all__ = [
     "Identity",
     "JoinRefused",
     "MemoryAuthenticator",
+    "PublishRejected",
     "RequestFailed",
     "ServerChannel",
     "User",

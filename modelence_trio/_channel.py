@@ -16,10 +16,25 @@ from .protocol import encode_message, split_channel, validate_category
 if TYPE_CHECKING:
     from ._hub import Hub
 
-__all__ = ["AccessCheck", "ChannelContext", "MessageHandler", "ServerChannel"]
+__all__ = ["AccessCheck", "ChannelContext", "MessageHandler", "PublishRejected", "ServerChannel"]
 
 #: The payload type; unparametrised channels carry ``Any`` JSON.
 T = TypeVar("T", default=Any)
+
+
+class PublishRejected(Exception):
+    """Raised by an ``on_message`` handler to refuse a publish with a reason.
+
+    The client gets an ``error`` frame with this message and ``code``
+    (default ``publish_rejected``); nothing is logged as a failure. Any other
+    exception becomes ``handler_error`` with a generic text, so internals
+    never leak to clients.
+    """
+
+    def __init__(self, message: str, *, code: str = "publish_rejected") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
 
 
 @attrs.frozen

@@ -13,7 +13,7 @@ import attrs
 import trio
 
 from ._auth import Authenticator, Identity, _roles
-from ._channel import ChannelContext, ServerChannel
+from ._channel import ChannelContext, PublishRejected, ServerChannel
 from ._registry import Registry
 from ._transport import Transport, TransportClosed
 from .protocol import (
@@ -357,6 +357,9 @@ class Hub:
             return
         try:
             await server_channel._handle(ctx, frame.data)
+        except PublishRejected as exc:
+            conn.send(encode(ErrorFrame(exc.code, exc.message, frame.ref)))
+            return
         except Exception:
             logger.exception("publish handler for %s raised", frame.channel)
             conn.send(encode(ErrorFrame(ErrorCode.HANDLER_ERROR, "the publish handler failed", frame.ref)))

@@ -24,6 +24,7 @@ class ErrorCode(enum.StrEnum):
     ACCESS_DENIED = "access_denied"
     NOT_JOINED = "not_joined"
     PUBLISH_NOT_ALLOWED = "publish_not_allowed"
+    PUBLISH_REJECTED = "publish_rejected"
     HANDLER_ERROR = "handler_error"
 
 
