@@ -18,5 +18,3 @@ async def test_members_only(autojump_clock: trio.testing.MockClock) -> None:
             await ann.join("room:1")
             room.broadcast("1", {"text": "hi"})
             assert (await inbox.receive()).data == {"text": "hi"}
-
-
