@@ -86,3 +86,39 @@ async def request_until_left(ws: trio_websocket.WebSocketConnection) -> None:
             break
         seqs.append(frame["data"])
     assert seqs == list(range(50))
+
+
+async def test_cancelling_the_server_flushes_then_closes_with_1001() -> None:
+    chat: ServerChannel = ServerChannel("chat")
+    hub = Hub([chat])
+    async with trio.open_nursery() as outer:
+        server_scope = trio.CancelScope()
+
+        async def run_server(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+            with server_scope:
+                async with trio.open_nursery() as nursery:
+                    task_status.started(await nursery.start(serve_websocket, hub, "127.0.0.1", 0))
+
+        port = await outer.start(run_server)
+        async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/") as ws:
+            await receive_json(ws)
+            await request(ws, {"type": "join", "channel": "chat:x"})
+            for seq in range(500):
+                chat.broadcast("x", {"seq": seq, "pad": "x" * 200})
+            server_scope.cancel()  # shut down with 500 frames still queued
+            got = [(await receive_json(ws))["data"]["seq"] for _ in range(500)]
+            assert got == list(range(500))
+            with trio.fail_after(5):
+                try:
+                    await ws.get_message()
+                except trio_websocket.ConnectionClosed as exc:
+                    assert exc.reason is not None and exc.reason.code == 1001
+                else:
+                    raise AssertionError("expected close 1001")
+        # Nothing is accepted any more.
+        try:
+            async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/"):
+                raise AssertionError("the server still accepts")
+        except trio_websocket.HandshakeError as exc:
+            assert isinstance(exc.__cause__, OSError)  # connection refused
+    assert hub.statistics().connections == 0
