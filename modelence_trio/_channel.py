@@ -11,6 +11,7 @@ import attrs
 from typing_extensions import TypeVar
 
 from ._auth import Identity, User
+from ._wire import Outgoing
 from .protocol import encode_message, split_channel, validate_category
 
 if TYPE_CHECKING:
@@ -114,11 +115,11 @@ class ServerChannel(Generic[T]):
             split_channel(name)
         except Exception as exc:
             raise ValueError(str(exc)) from None
-        text = encode_message(name, data)
+        frame = Outgoing.from_text(encode_message(name, data))
         if not self._hubs:
             raise RuntimeError(f"{self!r} is not part of any Hub; build a Hub with it first")
         for hub in self._hubs:
-            hub.deliver(name, text)
+            hub.deliver(name, frame)
 
     async def _allows(self, ctx: ChannelContext) -> bool:
         if self.can_access is None:

@@ -15,7 +15,8 @@ import trio
 from ._auth import Authenticator, Identity, _roles
 from ._channel import ChannelContext, PublishRejected, ServerChannel
 from ._registry import Registry
-from ._transport import Transport, TransportClosed
+from ._transport import SendResult, Transport, TransportClosed
+from ._wire import Outgoing
 from .protocol import (
     CloseCode,
     ErrorCode,
@@ -31,6 +32,7 @@ from .protocol import (
     ProtocolError,
     Publish,
     Published,
+    ServerFrame,
     Welcome,
     encode,
     error_reply,
@@ -106,7 +108,8 @@ class _Connection:
     identity: Identity
     registry: Registry
     max_queue: int
-    queue: deque[str] = attrs.field(factory=deque)
+    send_nowait: Callable[[bytes], SendResult]
+    queue: deque[Outgoing] = attrs.field(factory=deque)
     wakeup: trio.Event = attrs.field(factory=trio.Event)
     close_reason: tuple[int, str] | None = None
     #: The scope of the connection's tasks; ``fail`` cancels it outright.
@@ -114,14 +117,24 @@ class _Connection:
     #: Set once the socket needs no close frame from us (peer gone, or sent).
     closed: bool = False
 
-    def send(self, text: str) -> None:
+    def send(self, frame: Outgoing) -> None:
         if self.close_reason is not None:
             return
-        if len(self.queue) >= self.max_queue:
+        if not self.queue:
+            result = self.send_nowait(frame.wire)
+            if result is SendResult.SENT:
+                return
+            if result is SendResult.FLUSH:
+                self.wakeup.set()
+                return
+        elif len(self.queue) >= self.max_queue:
             self.fail(CloseCode.SLOW_CONSUMER, "outbound queue overflow: the client does not read")
             return
-        self.queue.append(text)
+        self.queue.append(frame)
         self.wakeup.set()
+
+    def reply(self, frame: ServerFrame) -> None:
+        self.send(Outgoing.from_text(encode(frame)))
 
     def fail(self, code: int, reason: str) -> None:
         """Stop all delivery now and end the connection's tasks; the socket is
@@ -180,13 +193,13 @@ class Hub:
     def channels(self) -> Sequence[ServerChannel[Any]]:
         return tuple(self._channels.values())
 
-    def deliver(self, channel: str, text: str) -> int:
+    def deliver(self, channel: str, frame: Outgoing) -> int:
         """Queue an already-encoded ``message`` frame for local subscribers.
 
         ``ServerChannel.broadcast`` calls this; it exists separately so that a
         fan-out from other instances can deliver without encoding again.
         """
-        return self._registry.deliver(channel, text)
+        return self._registry.deliver(channel, frame)
 
     def statistics(self) -> HubStatistics:
         stats = self._registry.statistics()
@@ -238,10 +251,11 @@ class Hub:
             identity,
             self._registry,
             self.config.outbound_queue_size,
+            transport.send_nowait,
         )
         self._connections.add(conn)
         user = identity.user.to_wire() if identity.user is not None else None
-        conn.send(encode(Welcome(conn.id, user, identity.roles)))
+        conn.reply(Welcome(conn.id, user, identity.roles))
         try:
             with conn.cancel_scope:
                 async with trio.open_nursery() as nursery:
@@ -266,10 +280,10 @@ class Hub:
             while conn.close_reason is None or conn.queue:
                 await conn.wakeup.wait()
                 conn.wakeup = trio.Event()
-                if conn.queue:
-                    batch = list(conn.queue)
-                    conn.queue.clear()
-                    await transport.send(batch)
+                # Even with nothing queued: a partial direct write may be waiting.
+                batch = list(conn.queue)
+                conn.queue.clear()
+                await transport.send(batch)
             # Shutting down, and everything queued went out.
             with trio.move_on_after(self.config.close_timeout):
                 await transport.close(*conn.close_reason)
@@ -300,17 +314,17 @@ class Hub:
             try:
                 frame = parse_client_frame(message, limits=self._limits)
             except ProtocolError as exc:
-                conn.send(encode(error_reply(exc)))
+                conn.reply(error_reply(exc))
                 continue
             if isinstance(frame, Join):
                 await self._join(conn, frame)
             elif isinstance(frame, Leave):
                 self._registry.unsubscribe(conn, frame.channel)
-                conn.send(encode(Left(frame.channel, frame.ref)))
+                conn.reply(Left(frame.channel, frame.ref))
             elif isinstance(frame, Publish):
                 await self._publish(conn, frame)
             elif isinstance(frame, Ping):
-                conn.send(encode(Pong(frame.ref)))
+                conn.reply(Pong(frame.ref))
 
     def _context(self, conn: _Connection, channel: str) -> tuple[ServerChannel[Any] | None, ChannelContext]:
         category, channel_id = split_channel(channel, max_id_length=self.config.max_id_length)
@@ -319,13 +333,8 @@ class Hub:
     async def _join(self, conn: _Connection, frame: Join) -> None:
         server_channel, ctx = self._context(conn, frame.channel)
         if server_channel is None:
-            conn.send(
-                encode(
-                    JoinError(
-                        frame.channel, ErrorCode.UNKNOWN_CHANNEL, f"no channel category {ctx.category!r}", frame.ref
-                    )
-                )
-            )
+            why = f"no channel category {ctx.category!r}"
+            conn.reply(JoinError(frame.channel, ErrorCode.UNKNOWN_CHANNEL, why, frame.ref))
             return
         if not self._registry.is_subscribed(conn, frame.channel):
             try:
@@ -334,38 +343,34 @@ class Hub:
                 logger.exception("access check for %s raised; denying", frame.channel)
                 allowed = False
             if not allowed:
-                conn.send(encode(JoinError(frame.channel, ErrorCode.ACCESS_DENIED, "Access denied", frame.ref)))
+                conn.reply(JoinError(frame.channel, ErrorCode.ACCESS_DENIED, "Access denied", frame.ref))
                 return
             if conn.close_reason is not None:
                 return
             self._registry.subscribe(conn, frame.channel)
-        conn.send(encode(Joined(frame.channel, frame.ref)))
+        conn.reply(Joined(frame.channel, frame.ref))
 
     async def _publish(self, conn: _Connection, frame: Publish) -> None:
         server_channel, ctx = self._context(conn, frame.channel)
         if not self._registry.is_subscribed(conn, frame.channel):
-            conn.send(
-                encode(ErrorFrame(ErrorCode.NOT_JOINED, f"join {frame.channel!r} before publishing to it", frame.ref))
-            )
+            why = f"join {frame.channel!r} before publishing to it"
+            conn.reply(ErrorFrame(ErrorCode.NOT_JOINED, why, frame.ref))
             return
         if server_channel is None or server_channel.on_message is None:
-            conn.send(
-                encode(
-                    ErrorFrame(ErrorCode.PUBLISH_NOT_ALLOWED, f"clients may not publish to {ctx.category!r}", frame.ref)
-                )
-            )
+            why = f"clients may not publish to {ctx.category!r}"
+            conn.reply(ErrorFrame(ErrorCode.PUBLISH_NOT_ALLOWED, why, frame.ref))
             return
         try:
             await server_channel._handle(ctx, frame.data)
         except PublishRejected as exc:
-            conn.send(encode(ErrorFrame(exc.code, exc.message, frame.ref)))
+            conn.reply(ErrorFrame(exc.code, exc.message, frame.ref))
             return
         except Exception:
             logger.exception("publish handler for %s raised", frame.channel)
-            conn.send(encode(ErrorFrame(ErrorCode.HANDLER_ERROR, "the publish handler failed", frame.ref)))
+            conn.reply(ErrorFrame(ErrorCode.HANDLER_ERROR, "the publish handler failed", frame.ref))
             return
         if frame.ref is not None:
-            conn.send(encode(Published(frame.channel, frame.ref)))
+            conn.reply(Published(frame.channel, frame.ref))
 
 
 async def _call_when_set(event: trio.Event, fn: Callable[[], None]) -> None:

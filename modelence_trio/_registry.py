@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 
@@ -12,7 +12,7 @@ __all__ = ["Registry", "RegistryStatistics", "Subscriber"]
 class Subscriber(Protocol):
     """Anything that can take an encoded frame without blocking."""
 
-    def send(self, text: str) -> None: ...
+    def send(self, frame: Any) -> None: ...
 
 
 @attrs.frozen
@@ -63,15 +63,15 @@ class Registry:
     def channels_of(self, subscriber: Subscriber) -> frozenset[str]:
         return frozenset(self._by_subscriber.get(subscriber, ()))
 
-    def deliver(self, channel: str, text: str) -> int:
-        """Queue ``text`` for every subscriber of ``channel``; returns how many."""
+    def deliver(self, channel: str, frame: Any) -> int:
+        """Hand ``frame`` to every subscriber of ``channel``; returns how many."""
         subscribers = self._by_channel.get(channel)
         if not subscribers:
             return 0
         # A subscriber may unsubscribe itself while we iterate (a slow consumer
         # being cut off), so iterate over a snapshot.
         for subscriber in tuple(subscribers):
-            subscriber.send(text)
+            subscriber.send(frame)
         return len(subscribers)
 
     def statistics(self) -> RegistryStatistics:

@@ -7,12 +7,23 @@ copy of the protocol, channel and auth logic.
 
 from __future__ import annotations
 
+import enum
+import socket
 from collections.abc import Sequence
 from typing import Protocol
 
+import trio
 import trio_websocket
 
-__all__ = ["Transport", "TransportClosed", "TrioWebSocketTransport"]
+from ._wire import Outgoing
+
+__all__ = ["SendResult", "Transport", "TransportClosed", "TrioWebSocketTransport"]
+
+
+class SendResult(enum.Enum):
+    SENT = "sent"
+    QUEUE = "queue"
+    FLUSH = "flush"
 
 
 class TransportClosed(Exception):
@@ -24,8 +35,21 @@ class Transport(Protocol):
         """The next message from the peer. Raises ``TransportClosed`` at the end."""
         ...
 
-    async def send(self, frames: Sequence[str]) -> None:
-        """Send text frames in order. Raises ``TransportClosed``."""
+    async def send(self, frames: Sequence[Outgoing]) -> None:
+        """Send frames in order, as one write where the transport can.
+
+        Raises ``TransportClosed``. Never called concurrently with itself.
+        """
+        ...
+
+    def send_nowait(self, wire: bytes) -> SendResult:
+        """Write ``wire`` now if the socket takes it without blocking.
+
+        Only called while nothing is queued, so it never overtakes earlier
+        frames. ``QUEUE``: nothing was written (or the transport has no such
+        path), queue the frame for ``send``. ``FLUSH``: part was written and the
+        transport holds the rest; the next ``send`` (even of no frames) writes it.
+        """
         ...
 
     async def ping(self) -> None:
@@ -37,11 +61,59 @@ class Transport(Protocol):
         ...
 
 
+class _RawSendStream(trio.abc.Stream):
+    """A socket stream that can also send without blocking, keeping any unsent tail.
+
+    Installed under trio-websocket, so that its own writes (pongs, close
+    frames) go out after the tail of a partially written frame, never inside it.
+    """
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+        self._sock: socket.socket = stream.socket._sock  # type: ignore[attr-defined]
+        self.backlog = b""
+
+    def try_send(self, data: bytes) -> int:
+        try:
+            return self._sock.send(data)
+        except OSError:  # BlockingIOError, or a broken socket that send_all will report
+            return 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.backlog:
+            data, self.backlog = self.backlog + data, b""
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self._stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
 class TrioWebSocketTransport:
-    """A ``trio_websocket.WebSocketConnection`` seen as a :class:`Transport`."""
+    """A ``trio_websocket.WebSocketConnection`` seen as a :class:`Transport`.
+
+    trio-websocket keeps the handshake, the receive side, pings and the close.
+    Sends go underneath its per-message API: the frames' wire bytes (encoded
+    once per broadcast, shared by every subscriber) are written to the stream
+    directly, under trio-websocket's own stream lock so they never interleave
+    with its control frames. While nothing is queued, ``send_nowait`` writes to
+    the socket right from the broadcast call, as asyncio transports do, so a
+    delivery usually costs one ``send`` system call and no task switch.
+    """
 
     def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
         self._ws = ws
+        self._lock: trio.StrictFIFOLock = ws._stream_lock
+        self._raw: _RawSendStream | None = None
+        if isinstance(ws._stream, trio.SocketStream) and hasattr(ws._stream.socket, "_sock"):
+            self._raw = ws._stream = _RawSendStream(ws._stream)
+        # Other streams (TLS, in memory) always go through ``send``.
+        self._stream: trio.abc.Stream = ws._stream
 
     async def receive(self) -> str | bytes:
         try:
@@ -49,12 +121,29 @@ class TrioWebSocketTransport:
         except trio_websocket.ConnectionClosed as exc:
             raise TransportClosed(str(exc.reason)) from None
 
-    async def send(self, frames: Sequence[str]) -> None:
-        try:
-            for frame in frames:
-                await self._ws.send_message(frame)
-        except trio_websocket.ConnectionClosed as exc:
-            raise TransportClosed(str(exc.reason)) from None
+    async def send(self, frames: Sequence[Outgoing]) -> None:
+        data = b"".join([frame.wire for frame in frames])
+        if not data and not (self._raw and self._raw.backlog):
+            return
+        async with self._lock:
+            if self._ws.closed is not None:
+                raise TransportClosed(str(self._ws.closed))
+            try:
+                await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise TransportClosed(str(exc)) from None
+
+    def send_nowait(self, wire: bytes) -> SendResult:
+        raw = self._raw
+        if raw is None or raw.backlog or self._lock.locked() or self._ws.closed is not None:
+            return SendResult.QUEUE
+        sent = raw.try_send(wire)
+        if sent == len(wire):
+            return SendResult.SENT
+        if sent == 0:
+            return SendResult.QUEUE
+        raw.backlog = wire[sent:]
+        return SendResult.FLUSH
 
     async def ping(self) -> None:
         try:

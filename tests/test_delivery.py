@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 import trio_websocket
 
-from modelence_trio import Hub, ServerChannel, serve_websocket
+from modelence_trio import Hub, HubConfig, ServerChannel, serve_websocket
 
 from .helpers import receive_json, request
 
@@ -122,3 +122,24 @@ async def test_cancelling_the_server_flushes_then_closes_with_1001() -> None:
         except trio_websocket.HandshakeError as exc:
             assert isinstance(exc.__cause__, OSError)  # connection refused
     assert hub.statistics().connections == 0
+
+
+async def test_large_backlog_with_server_pings_stays_intact(nursery: trio.Nursery) -> None:
+    # The client stops reading while the server keeps broadcasting large
+    # frames and pinging: the socket buffer fills, direct writes go partial,
+    # and pings must still land between frames, never inside one.
+    chat: ServerChannel = ServerChannel("chat")
+    hub = Hub([chat], config=HubConfig(heartbeat_interval=0.02, heartbeat_timeout=30))
+    port = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
+    count, pad = 400, "y" * 20_000
+    async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/", message_queue_size=1) as ws:
+        await receive_json(ws)
+        await request(ws, {"type": "join", "channel": "chat:big"})
+        for seq in range(count):
+            chat.broadcast("big", {"seq": seq, "pad": pad})
+            if seq % 20 == 0:
+                await trio.sleep(0.01)  # let pings and the writer run
+        got = [await receive_json(ws, timeout=20) for _ in range(count)]
+        assert [frame["data"]["seq"] for frame in got] == list(range(count))
+        assert all(frame["data"]["pad"] == pad for frame in got)
+        assert await request(ws, {"type": "ping", "ref": 1}) == {"type": "pong", "ref": 1}

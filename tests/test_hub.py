@@ -61,8 +61,8 @@ class Sink:
     def __init__(self) -> None:
         self.got: list[str] = []
 
-    def send(self, text: str) -> None:
-        self.got.append(text)
+    def send(self, frame: str) -> None:
+        self.got.append(frame)
 
 
 def test_registry_both_directions() -> None:

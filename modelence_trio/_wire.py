@@ -1,0 +1,41 @@
+"""Server-to-client WebSocket frames, encoded once per message.
+
+A broadcast to a thousand subscribers sends the same bytes a thousand times:
+server frames are not masked (RFC 6455, 5.1), so the frame header and payload
+are computed here once and every transport that writes raw bytes shares them.
+Pure code: no I/O.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import attrs
+
+__all__ = ["Outgoing", "text_frame_header"]
+
+_FIN_TEXT = 0x81
+
+
+def text_frame_header(length: int) -> bytes:
+    """The header of a final, unmasked text frame carrying ``length`` payload bytes."""
+    if length < 126:
+        return bytes((_FIN_TEXT, length))
+    if length < 1 << 16:
+        return struct.pack("!BBH", _FIN_TEXT, 126, length)
+    return struct.pack("!BBQ", _FIN_TEXT, 127, length)
+
+
+@attrs.frozen
+class Outgoing:
+    """One frame on its way to clients: the text for message-level transports
+    (ASGI), the complete wire bytes for byte-level ones. Shared, never copied,
+    by every subscriber's queue."""
+
+    text: str
+    wire: bytes
+
+    @classmethod
+    def from_text(cls, text: str) -> Outgoing:
+        payload = text.encode()
+        return cls(text, text_frame_header(len(payload)) + payload)
