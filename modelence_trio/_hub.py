@@ -187,7 +187,7 @@ class Hub:
         self._connections: set[_Connection] = set()
         self._instance = secrets.token_hex(4)
         for channel in self._channels.values():
-            channel._hubs.add(self)
+            channel._attach(self)
 
     @property
     def channels(self) -> Sequence[ServerChannel[Any]]:

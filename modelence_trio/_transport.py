@@ -68,9 +68,9 @@ class _RawSendStream(trio.abc.Stream):
     frames) go out after the tail of a partially written frame, never inside it.
     """
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.abc.Stream, sock: socket.socket) -> None:
         self._stream = stream
-        self._sock: socket.socket = stream.socket._sock  # type: ignore[attr-defined]
+        self._sock = sock
         self.backlog = b""
 
     def try_send(self, data: bytes) -> int:
@@ -87,7 +87,7 @@ class _RawSendStream(trio.abc.Stream):
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         return await self._stream.receive_some(max_bytes)
 
     async def aclose(self) -> None:
@@ -110,9 +110,12 @@ class TrioWebSocketTransport:
         self._ws = ws
         self._lock: trio.StrictFIFOLock = ws._stream_lock
         self._raw: _RawSendStream | None = None
-        if isinstance(ws._stream, trio.SocketStream) and hasattr(ws._stream.socket, "_sock"):
-            self._raw = ws._stream = _RawSendStream(ws._stream)
-        # Other streams (TLS, in memory) always go through ``send``.
+        # A plain TCP stream (or a wrapper exposing its ``socket``): the stdlib
+        # socket under trio's can send without blocking. Other streams (TLS, in
+        # memory) always go through ``send``.
+        sock = getattr(getattr(ws._stream, "socket", None), "_sock", None)
+        if isinstance(sock, socket.socket):
+            self._raw = ws._stream = _RawSendStream(ws._stream, sock)
         self._stream: trio.abc.Stream = ws._stream
 
     async def receive(self) -> str | bytes:

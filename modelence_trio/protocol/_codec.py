@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 
@@ -55,7 +55,23 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 
-_dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+def _not_json(value: object) -> NoReturn:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+if _c_make_encoder is not None:
+    # ``JSONEncoder.encode`` builds a new C encoder on every call; building it
+    # once saves a third of the cost of encoding a small message. No cycle
+    # markers: a cyclic value ends in RecursionError, which callers catch.
+    _encoder = _c_make_encoder(None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+
+    def _dumps(value: Any) -> str:
+        return "".join(_encoder(value, 0))
+
+else:  # pragma: no cover - interpreters without the C accelerator
+    _dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode  # type: ignore[assignment]
 
 
 def encode_message(channel: str, data: JsonValue) -> str:

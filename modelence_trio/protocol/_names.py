@@ -35,6 +35,11 @@ def validate_category(category: str) -> str:
     return category
 
 
+def valid_channel_id(channel_id: str, max_id_length: int = DEFAULT_MAX_ID_LENGTH) -> bool:
+    """The cheap yes/no check the broadcast path uses; ``split_channel`` says why not."""
+    return isinstance(channel_id, str) and 0 < len(channel_id) <= max_id_length and not _CONTROL.search(channel_id)
+
+
 def split_channel(name: str, *, max_id_length: int = DEFAULT_MAX_ID_LENGTH) -> tuple[str, str]:
     """Split ``category:id``, raising ``ProtocolError(invalid_channel)`` if malformed.
 

@@ -1,0 +1,133 @@
+"""modelence-trio as a server for the shared fan-out harness (`jsonws` protocol).
+
+    bench.py --server-cmd "/path/to/.venv/bin/python bench/peer_server.py --port {port}" --server-name modelence-trio
+
+WebSocket clients join `chat:*` or `user:*` channels with protocol v1 (the
+harness's join/joined/message frames are a subset of it). A plain HTTP
+`GET /bench/broadcast?...` on the same port runs the broadcast loop the
+harness's README describes, inside the server, through `ServerChannel.broadcast`,
+and answers once it is done. Everything else on the port is the real
+`serve_websocket` code path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import time
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import trio
+
+from modelence_trio import Hub, HubConfig, ServerChannel
+from modelence_trio._serve import serve_stream
+
+PAD = "x" * 56
+HEADERS_END = b"\r\n\r\n"
+
+channels = {"chat": ServerChannel("chat"), "user": ServerChannel("user")}
+
+
+class ReplayStream(trio.abc.Stream):
+    """A stream whose first bytes were already read (to route the request); it
+    hands them out again, then reads on. Exposes ``socket`` so the fast path
+    still applies."""
+
+    def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
+        self._stream = stream
+        self._prefix = prefix
+        self.socket = stream.socket
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            data, self._prefix = self._prefix, b""
+            return data
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+async def run_broadcast(query: dict[str, list[str]]) -> dict[str, Any]:
+    count = int(query.get("count", ["0"])[0])
+    rate = float(query.get("rate", ["0"])[0])
+    if "channel" in query:
+        names = [query["channel"][0]]
+    else:
+        prefix = query.get("prefix", ["user:"])[0]
+        names = [f"{prefix}{i}" for i in range(int(query.get("nch", ["0"])[0]))]
+    targets = [(channels[name.partition(":")[0]], name.partition(":")[2]) for name in names]
+    start = time.time()
+    for seq in range(count):
+        if rate > 0:
+            wait = start + seq / rate - time.time()
+            if wait > 0:
+                await trio.sleep(wait)
+        for channel, channel_id in targets:
+            channel.broadcast(channel_id, {"seq": seq, "ts": round(time.time() * 1000, 3), "pad": PAD})
+        if rate <= 0:
+            await trio.sleep(0)
+    loop_ms = (time.time() - start) * 1000
+    return {"ok": True, "rounds": count, "messages": count * len(targets), "loop_ms": loop_ms}
+
+
+async def handle(hub: Hub, stream: trio.SocketStream) -> None:
+    head = b""
+    try:
+        with trio.fail_after(30):
+            while HEADERS_END not in head and len(head) < 65536:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    await stream.aclose()
+                    return
+                head += chunk
+    except (trio.TooSlowError, trio.BrokenResourceError):
+        await trio.aclose_forcefully(stream)
+        return
+    target = head.split(b" ", 2)[1].decode("latin-1") if head.count(b" ") >= 2 else "/"
+    url = urlsplit(target)
+    if url.path.startswith("/bench/"):
+        body = b"ok"
+        if url.path == "/bench/broadcast":
+            body = json.dumps(await run_broadcast(parse_qs(url.query))).encode()
+        response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        response += b"Content-Length: %d\r\n\r\n" % len(body) + body
+        try:
+            await stream.send_all(response)
+        finally:
+            await trio.aclose_forcefully(stream)
+        return
+    await serve_stream(hub, ReplayStream(stream, head))
+
+
+async def main(port: int, gc_mode: str) -> None:
+    hub = Hub(channels.values(), config=HubConfig())
+    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+    if gc_mode == "tuned":
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(100_000, 50, 1000)
+    print(f"modelence-trio peer server on port {port} (gc={gc_mode})", flush=True)
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await handle(hub, stream)
+
+    await trio.serve_listeners(handler, listeners)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--gc", choices=["default", "tuned"], default="tuned")
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(main, args.port, args.gc)
