@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import math
 import secrets
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, NoReturn
 
 import attrs
 import trio
 
 from ._auth import Authenticator, Identity, _roles
 from ._channel import ChannelContext, PublishRejected, ServerChannel
+from ._connection import Connection
 from ._registry import Registry
-from ._transport import SendResult, Transport, TransportClosed
+from ._transport import Transport, TransportClosed
 from ._wire import Outgoing
 from .protocol import (
     CloseCode,
@@ -32,9 +34,7 @@ from .protocol import (
     ProtocolError,
     Publish,
     Published,
-    ServerFrame,
     Welcome,
-    encode,
     error_reply,
     parse_client_frame,
     split_channel,
@@ -95,65 +95,6 @@ class HubStatistics:
 _connection_ids = itertools.count(1)
 
 
-@attrs.define(eq=False)
-class _Connection:
-    """Server-side state of one accepted WebSocket.
-
-    ``send`` is the only thing the broadcast path touches: it appends a
-    reference to the already-encoded frame and wakes the writer; nothing per
-    subscriber is encoded and nothing waits.
-    """
-
-    id: str
-    identity: Identity
-    registry: Registry
-    max_queue: int
-    send_nowait: Callable[[bytes], SendResult]
-    queue: deque[Outgoing] = attrs.field(factory=deque)
-    wakeup: trio.Event = attrs.field(factory=trio.Event)
-    close_reason: tuple[int, str] | None = None
-    #: The scope of the connection's tasks; ``fail`` cancels it outright.
-    cancel_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    #: Set once the socket needs no close frame from us (peer gone, or sent).
-    closed: bool = False
-
-    def send(self, frame: Outgoing) -> None:
-        if self.close_reason is not None:
-            return
-        if not self.queue:
-            result = self.send_nowait(frame.wire)
-            if result is SendResult.SENT:
-                return
-            if result is SendResult.FLUSH:
-                self.wakeup.set()
-                return
-        elif len(self.queue) >= self.max_queue:
-            self.fail(CloseCode.SLOW_CONSUMER, "outbound queue overflow: the client does not read")
-            return
-        self.queue.append(frame)
-        self.wakeup.set()
-
-    def reply(self, frame: ServerFrame) -> None:
-        self.send(Outgoing.from_text(encode(frame)))
-
-    def fail(self, code: int, reason: str) -> None:
-        """Stop all delivery now and end the connection's tasks; the socket is
-        then closed with ``code`` (bounded by ``close_timeout``, since a peer
-        that does not read may not take the close frame either)."""
-        if self.close_reason is None:
-            logger.info("closing connection %s: %s (%d)", self.id, reason, code)
-            self.close_reason = (code, reason)
-            self.registry.drop(self)
-            self.queue.clear()
-            self.cancel_scope.cancel()
-
-    def begin_shutdown(self) -> None:
-        """Stop taking frames; the writer sends what is queued, then 1001."""
-        if self.close_reason is None:
-            self.close_reason = (CloseCode.GOING_AWAY, "server shutting down")
-            self.wakeup.set()
-
-
 class Hub:
     """Holds the channels and every connection's subscriptions.
 
@@ -184,7 +125,10 @@ class Hub:
             self._channels[channel.category] = channel
         self._limits = Limits(max_id_length=config.max_id_length, max_ref_length=config.max_ref_length)
         self._registry = Registry()
-        self._connections: set[_Connection] = set()
+        self._connections: set[Connection] = set()
+        self._shields: set[trio.CancelScope] = set()
+        self._stopping = False
+        self._run_lock = trio.Lock()
         self._instance = secrets.token_hex(4)
         for channel in self._channels.values():
             channel._attach(self)
@@ -200,6 +144,78 @@ class Hub:
         fan-out from other instances can deliver without encoding again.
         """
         return self._registry.deliver(channel, frame)
+
+    # --- the hub's own life: heartbeats and shutdown ---------------------------------
+
+    async def run(self) -> NoReturn:
+        """The hub's background work; every server of this hub runs it.
+
+        It pings every connection every ``heartbeat_interval`` (one task for
+        all connections, not one each) and drops those whose pong does not
+        come within ``heartbeat_timeout``. When it is cancelled, the hub shuts
+        down gracefully: each connection flushes what is queued and closes with
+        1001 within ``shutdown_grace``. If several servers run it, one does the
+        pinging and the others wait; cancelling any of them shuts the hub down.
+        """
+        try:
+            async with self._run_lock:
+                self._stopping = False
+                await self._heartbeats()
+        finally:
+            self.begin_shutdown()
+
+    def begin_shutdown(self) -> None:
+        """Ask every connection to flush and close with 1001, under the grace deadline."""
+        self._stopping = True
+        deadline = trio.current_time() + self.config.shutdown_grace
+        for scope in self._shields:
+            scope.deadline = min(scope.deadline, deadline)
+        for conn in self._connections:
+            conn.begin_shutdown()
+
+    @contextlib.contextmanager
+    def connection_shield(self) -> Iterator[trio.CancelScope]:
+        """Shield a transport's whole connection from cancellation.
+
+        A shutdown must not cancel a connection half-way through a write (the
+        stream would be left unusable for the close frame). Under this shield
+        it is :meth:`begin_shutdown` (run by :meth:`run` when cancelled) that
+        ends the connection, politely and with a deadline.
+        """
+        scope = trio.CancelScope(shield=True)
+        if self._stopping:
+            scope.deadline = trio.current_time() + self.config.shutdown_grace
+        self._shields.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._shields.discard(scope)
+
+    async def _heartbeats(self) -> NoReturn:
+        interval = self.config.heartbeat_interval
+        if interval is None:
+            await trio.sleep_forever()
+        timeout = self.config.heartbeat_timeout
+        while True:
+            # Sleep until the next ping round, waking for pong deadlines on the way.
+            next_round = trio.current_time() + interval
+            while True:
+                deadline = min((c.ping_deadline for c in self._connections), default=math.inf)
+                await trio.sleep_until(min(next_round, deadline))
+                now = trio.current_time()
+                for conn in list(self._connections):
+                    if conn.pong is not None and conn.ping_deadline <= now:
+                        if conn.pong():
+                            conn.pong, conn.ping_deadline = None, math.inf
+                        else:
+                            conn.fail(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout: no pong")
+                if now >= next_round:
+                    break
+            for conn in list(self._connections):
+                if conn.pong is None or conn.pong():
+                    conn.ping()
+                    conn.ping_deadline = now + timeout if conn.pong is not None else math.inf
 
     def statistics(self) -> HubStatistics:
         stats = self._registry.statistics()
@@ -235,77 +251,47 @@ class Hub:
 
     # --- one connection -----------------------------------------------------------
 
-    async def serve_connection(
-        self, transport: Transport, identity: Identity, *, stopping: trio.Event | None = None
-    ) -> None:
-        """Run one accepted connection until the peer leaves, ``stopping`` is set, or we are cancelled.
+    async def serve_connection(self, transport: Transport, identity: Identity, nursery: trio.Nursery) -> None:
+        """Run one accepted connection until the peer leaves or the connection ends.
 
-        Reader, writer and heartbeat share one nursery that this call owns, so
-        none of them outlives the connection. On the way out every subscription
-        is removed. When ``stopping`` is set (the transport's graceful shutdown,
-        see ``shielded_until_stopped``) the queued frames are flushed and the
-        socket is closed with 1001; plain cancellation stops at once.
+        Args:
+            transport: the accepted WebSocket.
+            identity: what :meth:`authenticate` resolved for its handshake.
+            nursery: the connection's own nursery, owned by the transport (it
+                also holds the transport's own tasks). A writer task runs there
+                when the socket cannot take frames at once; cancelling it ends
+                the connection. Transports open it under
+                :meth:`connection_shield`, so that a shutdown flushes the queue
+                and closes with 1001 instead of cutting a write short.
+
+        This task reads; on the way out every subscription is removed.
         """
-        conn = _Connection(
+        conn = Connection(
             f"{self._instance}-{next(_connection_ids)}",
             identity,
             self._registry,
+            transport,
+            nursery,
             self.config.outbound_queue_size,
-            transport.send_nowait,
+            self.config.close_timeout,
         )
         self._connections.add(conn)
         user = identity.user.to_wire() if identity.user is not None else None
         conn.reply(Welcome(conn.id, user, identity.roles))
+        if self._stopping:
+            conn.begin_shutdown()
         try:
-            with conn.cancel_scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._write_loop, conn, transport)
-                    if self.config.heartbeat_interval is not None:
-                        nursery.start_soon(self._heartbeat, conn, transport)
-                    if stopping is not None:
-                        nursery.start_soon(_call_when_set, stopping, conn.begin_shutdown)
-                    await self._read_loop(conn, transport)
-                    conn.closed = True  # the peer closed
-                    conn.cancel_scope.cancel()
+            await self._read_loop(conn, transport)
+            conn.closed = True  # the peer closed
         finally:
             self._registry.drop(conn)
             self._connections.discard(conn)
-            if not conn.closed and conn.close_reason is not None:
+            if not conn.closed and conn.close_reason is not None and conn.close_reason[0] != CloseCode.GOING_AWAY:
                 # Failed (slow consumer, heartbeat): a best-effort close frame.
                 with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):
                     await transport.close(*conn.close_reason)
 
-    async def _write_loop(self, conn: _Connection, transport: Transport) -> None:
-        try:
-            while conn.close_reason is None or conn.queue:
-                await conn.wakeup.wait()
-                conn.wakeup = trio.Event()
-                # Even with nothing queued: a partial direct write may be waiting.
-                batch = list(conn.queue)
-                conn.queue.clear()
-                await transport.send(batch)
-            # Shutting down, and everything queued went out.
-            with trio.move_on_after(self.config.close_timeout):
-                await transport.close(*conn.close_reason)
-        except TransportClosed:
-            pass  # the socket broke under us
-        conn.closed = True
-        conn.cancel_scope.cancel()
-
-    async def _heartbeat(self, conn: _Connection, transport: Transport) -> None:
-        assert self.config.heartbeat_interval is not None
-        while True:
-            await trio.sleep(self.config.heartbeat_interval)
-            with trio.move_on_after(self.config.heartbeat_timeout):
-                try:
-                    await transport.ping()
-                except TransportClosed:
-                    return
-                continue
-            conn.fail(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout: no pong")
-            return
-
-    async def _read_loop(self, conn: _Connection, transport: Transport) -> None:
+    async def _read_loop(self, conn: Connection, transport: Transport) -> None:
         while True:
             try:
                 message = await transport.receive()
@@ -326,11 +312,11 @@ class Hub:
             elif isinstance(frame, Ping):
                 conn.reply(Pong(frame.ref))
 
-    def _context(self, conn: _Connection, channel: str) -> tuple[ServerChannel[Any] | None, ChannelContext]:
+    def _context(self, conn: Connection, channel: str) -> tuple[ServerChannel[Any] | None, ChannelContext]:
         category, channel_id = split_channel(channel, max_id_length=self.config.max_id_length)
         return self._channels.get(category), ChannelContext(conn.identity, category, channel_id, conn.id)
 
-    async def _join(self, conn: _Connection, frame: Join) -> None:
+    async def _join(self, conn: Connection, frame: Join) -> None:
         server_channel, ctx = self._context(conn, frame.channel)
         if server_channel is None:
             why = f"no channel category {ctx.category!r}"
@@ -350,7 +336,7 @@ class Hub:
             self._registry.subscribe(conn, frame.channel)
         conn.reply(Joined(frame.channel, frame.ref))
 
-    async def _publish(self, conn: _Connection, frame: Publish) -> None:
+    async def _publish(self, conn: Connection, frame: Publish) -> None:
         server_channel, ctx = self._context(conn, frame.channel)
         if not self._registry.is_subscribed(conn, frame.channel):
             why = f"join {frame.channel!r} before publishing to it"
@@ -371,8 +357,3 @@ class Hub:
             return
         if frame.ref is not None:
             conn.reply(Published(frame.channel, frame.ref))
-
-
-async def _call_when_set(event: trio.Event, fn: Callable[[], None]) -> None:
-    await event.wait()
-    fn()

@@ -11,7 +11,6 @@ import trio_websocket
 
 from ._hub import Hub
 from ._transport import TrioWebSocketTransport
-from ._util import shielded_until_stopped
 from .protocol import HandshakeRejected
 
 __all__ = ["serve_stream", "serve_websocket"]
@@ -40,6 +39,7 @@ async def serve_websocket(
         await nursery.start(
             partial(trio.serve_listeners, partial(serve_stream, hub), listeners, handler_nursery=handler_nursery)
         )
+        nursery.start_soon(hub.run)
         logger.info("modelence-trio listening on ws://%s:%d", host or "0.0.0.0", bound)
         task_status.started(bound)
         await trio.sleep_forever()
@@ -49,21 +49,23 @@ async def serve_websocket(
 async def serve_stream(hub: Hub, stream: trio.abc.Stream) -> None:
     """Run the WebSocket handshake on ``stream`` and then the hub's connection core.
 
-    One nursery per connection holds trio-websocket's reader task and our own
-    tasks; it is gone when this returns. Errors are logged and contained: one
-    broken connection never takes down the server.
+    One nursery per connection, under the hub's connection shield, holds
+    trio-websocket's reader task and our writer when one is needed; it is gone
+    when this returns. Errors are logged and contained: one broken connection
+    never takes down the server.
     """
     try:
-        async with shielded_until_stopped(hub.config.shutdown_grace) as stopping, trio.open_nursery() as nursery:
-            request = None
-            with trio.move_on_after(hub.config.handshake_timeout):
-                request = await trio_websocket.wrap_server_stream(
-                    nursery, stream, max_message_size=hub.config.max_frame_size
-                )
-            if request is not None:
-                await _handle_request(hub, request, stopping)
-            # trio-websocket's reader task is still running; the connection is over.
-            nursery.cancel_scope.cancel()
+        with hub.connection_shield():
+            async with trio.open_nursery() as nursery:
+                request = None
+                with trio.move_on_after(hub.config.handshake_timeout):
+                    request = await trio_websocket.wrap_server_stream(
+                        nursery, stream, max_message_size=hub.config.max_frame_size
+                    )
+                if request is not None:
+                    await _handle_request(hub, request, nursery)
+                # trio-websocket's reader task is still running; the connection is over.
+                nursery.cancel_scope.cancel()
     except Exception:
         logger.exception("connection failed")
     finally:
@@ -71,7 +73,7 @@ async def serve_stream(hub: Hub, stream: trio.abc.Stream) -> None:
             await trio.aclose_forcefully(stream)
 
 
-async def _handle_request(hub: Hub, request: trio_websocket.WebSocketRequest, stopping: trio.Event) -> None:
+async def _handle_request(hub: Hub, request: trio_websocket.WebSocketRequest, nursery: trio.Nursery) -> None:
     try:
         identity = await hub.authenticate(request.path, request.headers)
     except HandshakeRejected as exc:
@@ -82,4 +84,4 @@ async def _handle_request(hub: Hub, request: trio_websocket.WebSocketRequest, st
         )
         return
     ws = await request.accept()
-    await hub.serve_connection(TrioWebSocketTransport(ws), identity, stopping=stopping)
+    await hub.serve_connection(TrioWebSocketTransport(ws), identity, nursery)

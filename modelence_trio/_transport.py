@@ -8,12 +8,14 @@ copy of the protocol, channel and auth logic.
 from __future__ import annotations
 
 import enum
+import itertools
 import socket
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
 
 import trio
 import trio_websocket
+import wsproto.events
 
 from ._wire import Outgoing
 
@@ -52,8 +54,12 @@ class Transport(Protocol):
         """
         ...
 
-    async def ping(self) -> None:
-        """Ping the peer and wait for its pong. Raises ``TransportClosed``."""
+    def ping_nowait(self) -> Callable[[], bool] | None:
+        """Send a ping (possibly left for the next ``send`` to flush).
+
+        Returns a function that tells whether its pong has arrived, or ``None``
+        when the transport cannot ping (the hub then does not time it out).
+        """
         ...
 
     async def close(self, code: int, reason: str) -> None:
@@ -61,19 +67,26 @@ class Transport(Protocol):
         ...
 
 
-class _RawSendStream(trio.abc.Stream):
-    """A socket stream that can also send without blocking, keeping any unsent tail.
+class _BackloggedStream(trio.abc.Stream):
+    """The stream under trio-websocket, extended with non-blocking sends.
 
-    Installed under trio-websocket, so that its own writes (pongs, close
-    frames) go out after the tail of a partially written frame, never inside it.
+    ``try_send`` writes straight to the socket when there is one. Bytes that
+    could not be written at once (the tail of a partial write, or a ping)
+    wait in ``backlog``, and every ``send_all``, ours or trio-websocket's own
+    (pongs, close frames), writes the backlog first: nothing ever lands inside
+    a partially written frame.
     """
 
-    def __init__(self, stream: trio.abc.Stream, sock: socket.socket) -> None:
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
-        self._sock = sock
+        sock = getattr(getattr(stream, "socket", None), "_sock", None)
+        # The stdlib socket under trio's (TCP only; TLS and in-memory streams have none).
+        self._sock = sock if isinstance(sock, socket.socket) else None
         self.backlog = b""
 
     def try_send(self, data: bytes) -> int:
+        if self._sock is None:
+            return 0
         try:
             return self._sock.send(data)
         except OSError:  # BlockingIOError, or a broken socket that send_all will report
@@ -97,26 +110,24 @@ class _RawSendStream(trio.abc.Stream):
 class TrioWebSocketTransport:
     """A ``trio_websocket.WebSocketConnection`` seen as a :class:`Transport`.
 
-    trio-websocket keeps the handshake, the receive side, pings and the close.
-    Sends go underneath its per-message API: the frames' wire bytes (encoded
-    once per broadcast, shared by every subscriber) are written to the stream
-    directly, under trio-websocket's own stream lock so they never interleave
-    with its control frames. While nothing is queued, ``send_nowait`` writes to
-    the socket right from the broadcast call, as asyncio transports do, so a
-    delivery usually costs one ``send`` system call and no task switch.
+    trio-websocket keeps the handshake, the receive side, pong handling and the
+    close. Sends go underneath its per-message API: the frames' wire bytes
+    (encoded once per broadcast, shared by every subscriber) are written to the
+    stream directly, under trio-websocket's own stream lock so they never
+    interleave with its control frames. While nothing is queued,
+    ``send_nowait`` writes to the socket right from the broadcast call, as
+    asyncio transports do, so a delivery usually costs one ``send`` system call
+    and no task switch.
     """
 
     def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
         self._ws = ws
         self._lock: trio.StrictFIFOLock = ws._stream_lock
-        self._raw: _RawSendStream | None = None
-        # A plain TCP stream (or a wrapper exposing its ``socket``): the stdlib
-        # socket under trio's can send without blocking. Other streams (TLS, in
-        # memory) always go through ``send``.
-        sock = getattr(getattr(ws._stream, "socket", None), "_sock", None)
-        if isinstance(sock, socket.socket):
-            self._raw = ws._stream = _RawSendStream(ws._stream, sock)
-        self._stream: trio.abc.Stream = ws._stream
+        self._stream = ws._stream = _BackloggedStream(ws._stream)
+        self._ping_ids = itertools.count()
+        # wsproto keeps the opening handshake's h11 state for the life of the
+        # connection; only its (empty) event queue is consulted after that.
+        ws._wsproto.handshake = _NO_HANDSHAKE
 
     async def receive(self) -> str | bytes:
         try:
@@ -126,7 +137,7 @@ class TrioWebSocketTransport:
 
     async def send(self, frames: Sequence[Outgoing]) -> None:
         data = b"".join([frame.wire for frame in frames])
-        if not data and not (self._raw and self._raw.backlog):
+        if not data and not self._stream.backlog:
             return
         async with self._lock:
             if self._ws.closed is not None:
@@ -137,22 +148,39 @@ class TrioWebSocketTransport:
                 raise TransportClosed(str(exc)) from None
 
     def send_nowait(self, wire: bytes) -> SendResult:
-        raw = self._raw
-        if raw is None or raw.backlog or self._lock.locked() or self._ws.closed is not None:
+        stream = self._stream
+        if stream.backlog or self._lock.locked() or self._ws.closed is not None:
             return SendResult.QUEUE
-        sent = raw.try_send(wire)
+        sent = stream.try_send(wire)
         if sent == len(wire):
             return SendResult.SENT
         if sent == 0:
             return SendResult.QUEUE
-        raw.backlog = wire[sent:]
+        stream.backlog = wire[sent:]
         return SendResult.FLUSH
 
-    async def ping(self) -> None:
-        try:
-            await self._ws.ping()
-        except trio_websocket.ConnectionClosed as exc:
-            raise TransportClosed(str(exc.reason)) from None
+    def ping_nowait(self) -> Callable[[], bool] | None:
+        ws = self._ws
+        if ws.closed is not None:
+            return None
+        payload = next(self._ping_ids).to_bytes(8, "big")
+        answered = trio.Event()
+        ws._pings[payload] = answered  # trio-websocket's reader sets it on the pong
+        wire = ws._wsproto.send(wsproto.events.Ping(payload=payload))
+        stream = self._stream
+        sent = 0 if stream.backlog or self._lock.locked() else stream.try_send(wire)
+        stream.backlog += wire[sent:]  # flushed by the next send_all
+        return answered.is_set
 
     async def close(self, code: int, reason: str) -> None:
         await self._ws.aclose(code, reason)
+
+
+class _NoHandshake:
+    """Stands in for wsproto's finished opening handshake (see above)."""
+
+    def events(self) -> Iterator[wsproto.events.Event]:
+        return iter(())
+
+
+_NO_HANDSHAKE: Any = _NoHandshake()

@@ -28,31 +28,3 @@ async def background_nursery() -> AsyncIterator[trio.Nursery]:
             nursery.cancel_scope.cancel()
     if error is not None:
         raise error
-
-
-@asynccontextmanager
-async def shielded_until_stopped(grace: float) -> AsyncIterator[trio.Event]:
-    """Run the body shielded from outside cancellation, and turn that
-    cancellation into a polite request instead.
-
-    Yields an event that is set when the surrounding scope is cancelled (the
-    server is shutting down). From then on the body has ``grace`` seconds to
-    finish on its own (flush, send close frames) before it is cancelled. This
-    way a shutdown never interrupts a write half-way, which would leave the
-    stream unusable for the close frame.
-    """
-    stopping = trio.Event()
-    shield = trio.CancelScope(shield=True)
-
-    async def watch() -> None:
-        try:
-            await trio.sleep_forever()
-        finally:
-            shield.deadline = min(shield.deadline, trio.current_time() + grace)
-            stopping.set()
-
-    async with trio.open_nursery() as guard:
-        guard.start_soon(watch)
-        with shield:
-            yield stopping
-        guard.cancel_scope.cancel()

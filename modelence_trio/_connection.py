@@ -1,0 +1,116 @@
+"""One accepted connection as the hub sees it: its identity, its outbound
+queue, and the writer that drains the queue when the socket cannot take a
+frame at once."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from ._auth import Identity
+from ._registry import Registry
+from ._transport import SendResult, Transport, TransportClosed
+from ._wire import Outgoing
+from .protocol import CloseCode, ServerFrame, encode
+
+__all__ = ["Connection"]
+
+logger = logging.getLogger("modelence_trio")
+
+
+@attrs.define(eq=False)
+class Connection:
+    """Server-side state of one accepted WebSocket.
+
+    ``send`` is all the broadcast path touches. While nothing is queued it
+    hands the frame's shared wire bytes to the transport, which usually writes
+    them to the socket on the spot. Otherwise the frame is queued and a writer
+    task, started in the connection's own nursery only when needed and gone
+    once the queue is empty, sends the queue in one write. An idle connection
+    thus costs no writer task.
+    """
+
+    id: str
+    identity: Identity
+    registry: Registry
+    transport: Transport
+    #: The connection's own nursery (the transport's); cancelling it ends the connection.
+    nursery: trio.Nursery
+    max_queue: int
+    close_timeout: float
+    queue: list[Outgoing] = attrs.field(factory=list)
+    writing: bool = False
+    close_reason: tuple[int, str] | None = None
+    #: Set once the socket needs no close frame from us (peer gone, or sent).
+    closed: bool = False
+    #: Tells whether the outstanding heartbeat ping was answered (``None``: none outstanding).
+    pong: Callable[[], bool] | None = None
+    ping_deadline: float = math.inf
+
+    def send(self, frame: Outgoing) -> None:
+        if self.close_reason is not None:
+            return
+        if not self.queue:
+            result = self.transport.send_nowait(frame.wire)
+            if result is SendResult.SENT:
+                return
+            if result is SendResult.FLUSH:
+                self.kick()
+                return
+        elif len(self.queue) >= self.max_queue:
+            self.fail(CloseCode.SLOW_CONSUMER, "outbound queue overflow: the client does not read")
+            return
+        self.queue.append(frame)
+        self.kick()
+
+    def reply(self, frame: ServerFrame) -> None:
+        self.send(Outgoing.from_text(encode(frame)))
+
+    def kick(self) -> None:
+        """Make sure a writer runs: something is queued or held by the transport."""
+        if not self.writing:
+            self.writing = True
+            self.nursery.start_soon(self._write)
+
+    def ping(self) -> None:
+        self.pong = self.transport.ping_nowait()
+        self.kick()  # the ping may be waiting in the transport
+
+    def fail(self, code: int, reason: str) -> None:
+        """Stop all delivery now and end the connection; the socket is then
+        closed with ``code`` (bounded by ``close_timeout``, since a peer that
+        does not read may not take the close frame either)."""
+        if self.close_reason is None:
+            logger.info("closing connection %s: %s (%d)", self.id, reason, code)
+            self.close_reason = (code, reason)
+            self.registry.drop(self)
+            self.queue.clear()
+            self.nursery.cancel_scope.cancel()
+
+    def begin_shutdown(self) -> None:
+        """Stop taking frames; the writer sends what is queued, then closes with 1001."""
+        if self.close_reason is None:
+            self.close_reason = (CloseCode.GOING_AWAY, "server shutting down")
+            self.kick()
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                batch, self.queue = self.queue, []
+                await self.transport.send(batch)  # also flushes what the transport holds
+                if not self.queue:
+                    break
+            if self.close_reason is not None:  # shutting down, and everything went out
+                with trio.move_on_after(self.close_timeout):
+                    await self.transport.close(*self.close_reason)
+                self.closed = True
+                self.nursery.cancel_scope.cancel()
+        except TransportClosed:  # the socket broke under us
+            self.closed = True
+            self.nursery.cancel_scope.cancel()
+        finally:
+            self.writing = False
