@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import math
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
 import attrs
@@ -130,6 +129,7 @@ class Hub:
         self._stopping = False
         self._run_lock = trio.Lock()
         self._instance = secrets.token_hex(4)
+        self._anonymous = Identity(None, None, config.anonymous_roles)
         for channel in self._channels.values():
             channel._attach(self)
 
@@ -173,24 +173,15 @@ class Hub:
         for conn in self._connections:
             conn.begin_shutdown()
 
-    @contextlib.contextmanager
-    def connection_shield(self) -> Iterator[trio.CancelScope]:
-        """Shield a transport's whole connection from cancellation.
+    def connection_shield(self) -> _ConnectionShield:
+        """A ``with`` block that shields a transport's whole connection from cancellation.
 
         A shutdown must not cancel a connection half-way through a write (the
         stream would be left unusable for the close frame). Under this shield
         it is :meth:`begin_shutdown` (run by :meth:`run` when cancelled) that
         ends the connection, politely and with a deadline.
         """
-        scope = trio.CancelScope(shield=True)
-        if self._stopping:
-            scope.deadline = trio.current_time() + self.config.shutdown_grace
-        self._shields.add(scope)
-        try:
-            with scope:
-                yield scope
-        finally:
-            self._shields.discard(scope)
+        return _ConnectionShield(self)
 
     async def _heartbeats(self) -> NoReturn:
         interval = self.config.heartbeat_interval
@@ -235,7 +226,7 @@ class Hub:
         if token is None:
             if self.config.require_user:
                 raise HandshakeRejected(401, "authentication required")
-            return Identity(None, None, self.config.anonymous_roles)
+            return self._anonymous
         if self.authenticator is None:
             raise HandshakeRejected(401, "this server accepts no tokens")
         try:
@@ -357,3 +348,25 @@ class Hub:
             return
         if frame.ref is not None:
             conn.reply(Published(frame.channel, frame.ref))
+
+
+class _ConnectionShield:
+    """See ``Hub.connection_shield``; a class rather than a generator, as it
+    lives as long as its connection (and a generator frame costs memory)."""
+
+    __slots__ = ("_hub", "_scope")
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+        self._scope = trio.CancelScope(shield=True)
+
+    def __enter__(self) -> trio.CancelScope:
+        hub = self._hub
+        if hub._stopping:
+            self._scope.deadline = trio.current_time() + hub.config.shutdown_grace
+        hub._shields.add(self._scope)
+        return self._scope.__enter__()
+
+    def __exit__(self, *exc_info: Any) -> bool:
+        self._hub._shields.discard(self._scope)
+        return self._scope.__exit__(*exc_info)

@@ -9,6 +9,7 @@ from typing import NoReturn
 import trio
 import trio_websocket
 
+from ._auth import Identity
 from ._hub import Hub
 from ._transport import TrioWebSocketTransport
 from .protocol import HandshakeRejected
@@ -57,13 +58,10 @@ async def serve_stream(hub: Hub, stream: trio.abc.Stream) -> None:
     try:
         with hub.connection_shield():
             async with trio.open_nursery() as nursery:
-                request = None
-                with trio.move_on_after(hub.config.handshake_timeout):
-                    request = await trio_websocket.wrap_server_stream(
-                        nursery, stream, max_message_size=hub.config.max_frame_size
-                    )
-                if request is not None:
-                    await _handle_request(hub, request, nursery)
+                accepted = await _handshake(hub, nursery, stream)
+                if accepted is not None:
+                    ws, identity = accepted
+                    await hub.serve_connection(TrioWebSocketTransport(ws), identity, nursery)
                 # trio-websocket's reader task is still running; the connection is over.
                 nursery.cancel_scope.cancel()
     except Exception:
@@ -73,7 +71,16 @@ async def serve_stream(hub: Hub, stream: trio.abc.Stream) -> None:
             await trio.aclose_forcefully(stream)
 
 
-async def _handle_request(hub: Hub, request: trio_websocket.WebSocketRequest, nursery: trio.Nursery) -> None:
+async def _handshake(
+    hub: Hub, nursery: trio.Nursery, stream: trio.abc.Stream
+) -> tuple[trio_websocket.WebSocketConnection, Identity] | None:
+    """Accept or refuse the opening handshake. The request (and its headers)
+    is not kept: it goes with this frame once the connection is accepted."""
+    request = None
+    with trio.move_on_after(hub.config.handshake_timeout):
+        request = await trio_websocket.wrap_server_stream(nursery, stream, max_message_size=hub.config.max_frame_size)
+    if request is None:
+        return None
     try:
         identity = await hub.authenticate(request.path, request.headers)
     except HandshakeRejected as exc:
@@ -82,6 +89,5 @@ async def _handle_request(hub: Hub, request: trio_websocket.WebSocketRequest, nu
             extra_headers=[(b"Content-Type", b"text/plain; charset=utf-8")],
             body=exc.reason.encode(),
         )
-        return
-    ws = await request.accept()
-    await hub.serve_connection(TrioWebSocketTransport(ws), identity, nursery)
+        return None
+    return await request.accept(), identity
