@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -16,7 +17,7 @@ from ._auth import Authenticator, Identity, _roles
 from ._channel import ChannelContext, PublishRejected, ServerChannel
 from ._connection import Connection
 from ._registry import Registry
-from ._transport import Transport, TransportClosed
+from ._transport import Transport
 from ._wire import Outgoing
 from .protocol import (
     CloseCode,
@@ -272,7 +273,7 @@ class Hub:
         if self._stopping:
             conn.begin_shutdown()
         try:
-            await self._read_loop(conn, transport)
+            await transport.run(functools.partial(self._handle, conn))
             conn.closed = True  # the peer closed
         finally:
             self._registry.drop(conn)
@@ -282,26 +283,21 @@ class Hub:
                 with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):
                     await transport.close(*conn.close_reason)
 
-    async def _read_loop(self, conn: Connection, transport: Transport) -> None:
-        while True:
-            try:
-                message = await transport.receive()
-            except TransportClosed:
-                return
-            try:
-                frame = parse_client_frame(message, limits=self._limits)
-            except ProtocolError as exc:
-                conn.reply(error_reply(exc))
-                continue
-            if isinstance(frame, Join):
-                await self._join(conn, frame)
-            elif isinstance(frame, Leave):
-                self._registry.unsubscribe(conn, frame.channel)
-                conn.reply(Left(frame.channel, frame.ref))
-            elif isinstance(frame, Publish):
-                await self._publish(conn, frame)
-            elif isinstance(frame, Ping):
-                conn.reply(Pong(frame.ref))
+    async def _handle(self, conn: Connection, message: str | bytes) -> None:
+        try:
+            frame = parse_client_frame(message, limits=self._limits)
+        except ProtocolError as exc:
+            conn.reply(error_reply(exc))
+            return
+        if isinstance(frame, Join):
+            await self._join(conn, frame)
+        elif isinstance(frame, Leave):
+            self._registry.unsubscribe(conn, frame.channel)
+            conn.reply(Left(frame.channel, frame.ref))
+        elif isinstance(frame, Publish):
+            await self._publish(conn, frame)
+        elif isinstance(frame, Ping):
+            conn.reply(Pong(frame.ref))
 
     def _context(self, conn: Connection, channel: str) -> tuple[ServerChannel[Any] | None, ChannelContext]:
         category, channel_id = split_channel(channel, max_id_length=self.config.max_id_length)

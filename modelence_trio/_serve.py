@@ -60,8 +60,7 @@ async def serve_stream(hub: Hub, stream: trio.abc.Stream) -> None:
             async with trio.open_nursery() as nursery:
                 accepted = await _handshake(hub, nursery, stream)
                 if accepted is not None:
-                    ws, identity = accepted
-                    await hub.serve_connection(TrioWebSocketTransport(ws), identity, nursery)
+                    await hub.serve_connection(*accepted, nursery)
                 # trio-websocket's reader task is still running; the connection is over.
                 nursery.cancel_scope.cancel()
     except Exception:
@@ -73,7 +72,7 @@ async def serve_stream(hub: Hub, stream: trio.abc.Stream) -> None:
 
 async def _handshake(
     hub: Hub, nursery: trio.Nursery, stream: trio.abc.Stream
-) -> tuple[trio_websocket.WebSocketConnection, Identity] | None:
+) -> tuple[TrioWebSocketTransport, Identity] | None:
     """Accept or refuse the opening handshake. The request (and its headers)
     is not kept: it goes with this frame once the connection is accepted."""
     request = None
@@ -90,4 +89,7 @@ async def _handshake(
             body=exc.reason.encode(),
         )
         return None
-    return await request.accept(), identity
+    # Wrapped before accepting: from the accept on, messages go to the hub.
+    transport = TrioWebSocketTransport(request._connection)
+    await request.accept()
+    return transport, identity

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import itertools
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import trio
@@ -33,8 +33,10 @@ class TransportClosed(Exception):
 
 
 class Transport(Protocol):
-    async def receive(self) -> str | bytes:
-        """The next message from the peer. Raises ``TransportClosed`` at the end."""
+    async def run(self, on_message: Callable[[str | bytes], Awaitable[None]]) -> None:
+        """Hand each message from the peer to ``on_message``, in order, one at a
+        time (the next is not read until it returns: backpressure); return once
+        the peer has closed the connection."""
         ...
 
     async def send(self, frames: Sequence[Outgoing]) -> None:
@@ -121,19 +123,19 @@ class TrioWebSocketTransport:
     """
 
     def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        """Wrap ``ws`` before its handshake is accepted (see ``_Inbox``)."""
         self._ws = ws
+        self._inbox = _Inbox()
+        ws._send_channel = ws._recv_channel = self._inbox  # type: ignore[assignment]
         self._lock: trio.StrictFIFOLock = ws._stream_lock
         self._stream = ws._stream = _BackloggedStream(ws._stream)
         self._ping_ids = itertools.count()
-        # wsproto keeps the opening handshake's h11 state for the life of the
-        # connection; only its (empty) event queue is consulted after that.
-        ws._wsproto.handshake = _NO_HANDSHAKE
 
-    async def receive(self) -> str | bytes:
-        try:
-            return await self._ws.get_message()
-        except trio_websocket.ConnectionClosed as exc:
-            raise TransportClosed(str(exc.reason)) from None
+    async def run(self, on_message: Callable[[str | bytes], Awaitable[None]]) -> None:
+        # The handshake is done. wsproto would keep its h11 state for the life
+        # of the connection; only its (empty) event queue is consulted now.
+        self._ws._wsproto.handshake = _NO_HANDSHAKE
+        await self._inbox.run(on_message)
 
     async def send(self, frames: Sequence[Outgoing]) -> None:
         data = b"".join([frame.wire for frame in frames])
@@ -174,6 +176,46 @@ class TrioWebSocketTransport:
 
     async def close(self, code: int, reason: str) -> None:
         await self._ws.aclose(code, reason)
+
+
+class _Inbox:
+    """Stands in for trio-websocket's channel of received messages.
+
+    trio-websocket's reader task hands every message to ``send``, which runs
+    the connection's handler right there: no second task per connection, no
+    queue hop and no task switch per received message, and the reader still
+    waits for the handler (backpressure). It is installed before the handshake
+    is accepted, so no message can slip into the channel it replaces; one that
+    arrives before ``run`` waits for it.
+    """
+
+    def __init__(self) -> None:
+        self._handler: Callable[[str | bytes], Awaitable[None]] | None = None
+        self._ready = trio.Event()
+        self._closed = trio.Event()
+
+    async def run(self, handler: Callable[[str | bytes], Awaitable[None]]) -> None:
+        self._handler = handler
+        self._ready.set()
+        await self._closed.wait()
+
+    async def send(self, message: str | bytes) -> None:
+        if self._handler is None:
+            await self._ready.wait()
+        assert self._handler is not None
+        await self._handler(message)
+
+    async def receive(self) -> str | bytes:  # WebSocketConnection.get_message: not used
+        raise trio.EndOfChannel
+
+    async def aclose(self) -> None:
+        self._closed.set()
+
+    async def __aenter__(self) -> _Inbox:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._closed.set()
 
 
 class _NoHandshake:
