@@ -174,15 +174,17 @@ class Hub:
         for conn in self._connections:
             conn.begin_shutdown()
 
-    def connection_shield(self) -> _ConnectionShield:
-        """A ``with`` block that shields a transport's whole connection from cancellation.
+    def shield_connection(self, nursery: trio.Nursery) -> _ShieldedConnection:
+        """``with hub.shield_connection(nursery):`` shields a transport's
+        per-connection nursery from outside cancellation for the block.
 
         A shutdown must not cancel a connection half-way through a write (the
         stream would be left unusable for the close frame). Under this shield
         it is :meth:`begin_shutdown` (run by :meth:`run` when cancelled) that
-        ends the connection, politely and with a deadline.
+        ends the connection, politely and with a deadline. The nursery's own
+        scope is the shield, so it costs no extra cancel scope.
         """
-        return _ConnectionShield(self)
+        return _ShieldedConnection(self, nursery.cancel_scope)
 
     async def _heartbeats(self) -> NoReturn:
         interval = self.config.heartbeat_interval
@@ -253,7 +255,7 @@ class Hub:
                 also holds the transport's own tasks). A writer task runs there
                 when the socket cannot take frames at once; cancelling it ends
                 the connection. Transports open it under
-                :meth:`connection_shield`, so that a shutdown flushes the queue
+                :meth:`shield_connection`, so that a shutdown flushes the queue
                 and closes with 1001 instead of cutting a write short.
 
         This task reads; on the way out every subscription is removed.
@@ -346,23 +348,21 @@ class Hub:
             conn.reply(Published(frame.channel, frame.ref))
 
 
-class _ConnectionShield:
-    """See ``Hub.connection_shield``; a class rather than a generator, as it
-    lives as long as its connection (and a generator frame costs memory)."""
+class _ShieldedConnection:
+    """See ``Hub.shield_connection``."""
 
     __slots__ = ("_hub", "_scope")
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, scope: trio.CancelScope) -> None:
         self._hub = hub
-        self._scope = trio.CancelScope(shield=True)
+        self._scope = scope
 
-    def __enter__(self) -> trio.CancelScope:
-        hub = self._hub
+    def __enter__(self) -> None:
+        hub, scope = self._hub, self._scope
+        scope.shield = True
         if hub._stopping:
-            self._scope.deadline = trio.current_time() + hub.config.shutdown_grace
-        hub._shields.add(self._scope)
-        return self._scope.__enter__()
+            scope.deadline = trio.current_time() + hub.config.shutdown_grace
+        hub._shields.add(scope)
 
-    def __exit__(self, *exc_info: Any) -> bool:
+    def __exit__(self, *exc_info: object) -> None:
         self._hub._shields.discard(self._scope)
-        return self._scope.__exit__(*exc_info)

@@ -56,8 +56,8 @@ async def serve_stream(hub: Hub, stream: trio.abc.Stream) -> None:
     never takes down the server.
     """
     try:
-        with hub.connection_shield():
-            async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery:
+            with hub.shield_connection(nursery):
                 accepted = await _handshake(hub, nursery, stream)
                 if accepted is not None:
                     await hub.serve_connection(*accepted, nursery)

@@ -129,7 +129,6 @@ class TrioWebSocketTransport:
         ws._send_channel = ws._recv_channel = self._inbox  # type: ignore[assignment]
         self._lock: trio.StrictFIFOLock = ws._stream_lock
         self._stream = ws._stream = _BackloggedStream(ws._stream)
-        self._ping_ids = itertools.count()
 
     async def run(self, on_message: Callable[[str | bytes], Awaitable[None]]) -> None:
         # The handshake is done. wsproto would keep its h11 state for the life
@@ -165,7 +164,7 @@ class TrioWebSocketTransport:
         ws = self._ws
         if ws.closed is not None:
             return None
-        payload = next(self._ping_ids).to_bytes(8, "big")
+        payload = next(_ping_ids).to_bytes(8, "big")
         answered = trio.Event()
         ws._pings[payload] = answered  # trio-websocket's reader sets it on the pong
         wire = ws._wsproto.send(wsproto.events.Ping(payload=payload))
@@ -189,18 +188,22 @@ class _Inbox:
     arrives before ``run`` waits for it.
     """
 
+    __slots__ = ("_closed", "_handler", "_ready")
+
     def __init__(self) -> None:
         self._handler: Callable[[str | bytes], Awaitable[None]] | None = None
-        self._ready = trio.Event()
+        self._ready: trio.Event | None = None  # made only if a message comes early
         self._closed = trio.Event()
 
     async def run(self, handler: Callable[[str | bytes], Awaitable[None]]) -> None:
         self._handler = handler
-        self._ready.set()
+        if self._ready is not None:
+            self._ready.set()
         await self._closed.wait()
 
     async def send(self, message: str | bytes) -> None:
         if self._handler is None:
+            self._ready = self._ready or trio.Event()
             await self._ready.wait()
         assert self._handler is not None
         await self._handler(message)
@@ -216,6 +219,9 @@ class _Inbox:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._closed.set()
+
+
+_ping_ids = itertools.count()
 
 
 class _NoHandshake:
