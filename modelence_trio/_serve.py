@@ -8,6 +8,7 @@ from typing import NoReturn
 
 import trio
 import trio_websocket
+import wsproto
 
 from ._auth import Identity
 from ._hub import Hub
@@ -75,9 +76,16 @@ async def _handshake(
 ) -> tuple[TrioWebSocketTransport, Identity] | None:
     """Accept or refuse the opening handshake. The request (and its headers)
     is not kept: it goes with this frame once the connection is accepted."""
+    # What trio_websocket.wrap_server_stream does, with our transport wrapped
+    # around the connection before its reader task first runs (see _transport).
+    ws = trio_websocket.WebSocketConnection(
+        stream, wsproto.WSConnection(wsproto.ConnectionType.SERVER), max_message_size=hub.config.max_frame_size
+    )
+    transport = TrioWebSocketTransport(ws)
+    nursery.start_soon(ws._reader_task)
     request = None
     with trio.move_on_after(hub.config.handshake_timeout):
-        request = await trio_websocket.wrap_server_stream(nursery, stream, max_message_size=hub.config.max_frame_size)
+        request = await ws._get_request()
     if request is None:
         return None
     try:
@@ -89,7 +97,5 @@ async def _handshake(
             body=exc.reason.encode(),
         )
         return None
-    # Wrapped before accepting: from the accept on, messages go to the hub.
-    transport = TrioWebSocketTransport(request._connection)
     await request.accept()
     return transport, identity

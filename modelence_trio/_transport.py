@@ -123,8 +123,15 @@ class TrioWebSocketTransport:
     """
 
     def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
-        """Wrap ``ws`` before its handshake is accepted (see ``_Inbox``)."""
+        """Wrap a server-side ``ws`` before its reader task first runs.
+
+        The reader then reads into our inbox and writes through our stream from
+        the start, and the objects they replace are freed: an idle connection
+        is mostly what it keeps, so this matters at thousands of connections.
+        Events trio-websocket only ever sets on a server connection are shared.
+        """
         self._ws = ws
+        ws._open_handshake = ws._for_testing_peer_closed_connection = _IGNORED_EVENT
         self._inbox = _Inbox()
         ws._send_channel = ws._recv_channel = self._inbox  # type: ignore[assignment]
         self._lock: trio.StrictFIFOLock = ws._stream_lock
@@ -222,6 +229,16 @@ class _Inbox:
 
 
 _ping_ids = itertools.count()
+
+
+class _IgnoredEvent:
+    """Takes ``set()`` calls nobody waits for."""
+
+    def set(self) -> None:
+        pass
+
+
+_IGNORED_EVENT: Any = _IgnoredEvent()
 
 
 class _NoHandshake:
