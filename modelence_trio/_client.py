@@ -211,7 +211,6 @@ class Client:
             tuple[trio.MemorySendChannel[ClientMessage[Any]], trio.MemoryReceiveChannel[ClientMessage[Any]]] | None
         ) = None
         self._closed: BaseException | None = None
-        self._closed_event = trio.Event()
         self._peer_silent = False
         self.welcome: Welcome | None = None
         #: How many times the connection was (re-)established.
@@ -345,7 +344,6 @@ class Client:
     def _finish(self, reason: BaseException) -> None:
         if self._closed is None:
             self._closed = reason
-        self._closed_event.set()
         self._connected.set()  # wake waiters so they see the closed state
         if self._inbox is not None:
             self._inbox[0].close()

@@ -22,6 +22,22 @@ __all__ = ["Connection"]
 logger = logging.getLogger("modelence_trio")
 
 
+@attrs.define
+class TokenBucket:
+    """A rate limit: ``rate`` per second sustained, bursts of ``2 * rate``."""
+
+    tokens: float = math.inf
+    stamp: float = 0.0
+
+    def take(self, rate: float, now: float) -> bool:
+        self.tokens = min(2 * rate, self.tokens + (now - self.stamp) * rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
 @attrs.define(eq=False)
 class Connection:
     """Server-side state of one accepted WebSocket.
@@ -50,6 +66,10 @@ class Connection:
     #: Tells whether the outstanding heartbeat ping was answered (``None``: none outstanding).
     pong: Callable[[], bool] | None = None
     ping_deadline: float = math.inf
+    join_budget: TokenBucket = attrs.field(factory=lambda: TokenBucket())
+    publish_budget: TokenBucket = attrs.field(factory=lambda: TokenBucket())
+    bad_frames: int = 0
+    bad_since: float = -math.inf
 
     def send(self, frame: Outgoing) -> None:
         if self.close_reason is not None:
@@ -104,7 +124,9 @@ class Connection:
                 await self.transport.send(batch)  # also flushes what the transport holds
                 if not self.queue:
                     break
-            if self.close_reason is not None:  # shutting down, and everything went out
+            # Shutting down, and everything went out. (A failed connection is
+            # being cancelled; the hub sends its close frame.)
+            if self.close_reason is not None and self.close_reason[0] == CloseCode.GOING_AWAY:
                 with trio.move_on_after(self.close_timeout):
                     await self.transport.close(*self.close_reason)
                 self.closed = True

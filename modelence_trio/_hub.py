@@ -63,6 +63,15 @@ class HubConfig:
             delay anyone else.
         max_frame_size: largest client message accepted (larger: close 1009).
         max_id_length / max_ref_length: bounds on channel ids and ``ref`` values.
+        max_depth: deepest nesting of arrays and objects in a client frame
+            (the frame itself is level 1); deeper: ``error`` ``too_deep``.
+        max_connections: open connections per hub; past it the handshake is
+            refused with 503. ``None``: no limit.
+        max_channels_per_connection: past it a join gets ``too_many_channels``.
+        joins_per_second / publishes_per_second: sustained rate per connection,
+            with bursts of twice that; past it: ``rate_limited``. ``None``: no limit.
+        bad_frame_limit: malformed frames one connection may send within
+            ``bad_frame_window`` seconds; one more closes it with 1008.
         handshake_timeout: seconds a client has to finish the opening handshake.
         close_timeout: seconds to wait for the closing handshake.
         shutdown_grace: on shutdown, seconds a connection has to flush what is
@@ -78,6 +87,13 @@ class HubConfig:
     max_frame_size: int = 64 * 1024
     max_id_length: int = 256
     max_ref_length: int = 128
+    max_depth: int = 32
+    max_connections: int | None = 10_000
+    max_channels_per_connection: int = 256
+    joins_per_second: float | None = 20.0
+    publishes_per_second: float | None = 50.0
+    bad_frame_limit: int = 20
+    bad_frame_window: float = 10.0
     handshake_timeout: float = 10.0
     close_timeout: float = 5.0
     shutdown_grace: float = 5.0
@@ -123,7 +139,9 @@ class Hub:
             if channel.category in self._channels:
                 raise ValueError(f"two channels share the category {channel.category!r}")
             self._channels[channel.category] = channel
-        self._limits = Limits(max_id_length=config.max_id_length, max_ref_length=config.max_ref_length)
+        self._limits = Limits(
+            max_id_length=config.max_id_length, max_ref_length=config.max_ref_length, max_depth=config.max_depth
+        )
         self._registry = Registry()
         self._connections: set[Connection] = set()
         self._shields: set[trio.CancelScope] = set()
@@ -225,6 +243,9 @@ class Hub:
                 missing one when ``require_user``); 503 if the authenticator
                 failed. The transport answers with that HTTP status.
         """
+        limit = self.config.max_connections
+        if limit is not None and len(self._connections) >= limit:
+            raise HandshakeRejected(503, "server full: too many connections")
         token = token_from_request(target, headers)
         if token is None:
             if self.config.require_user:
@@ -276,7 +297,8 @@ class Hub:
             conn.begin_shutdown()
         try:
             await transport.run(functools.partial(self._handle, conn))
-            conn.closed = True  # the peer closed
+            if conn.close_reason is None:
+                conn.closed = True  # the peer closed (not us failing it: that still owes a close frame)
         finally:
             self._registry.drop(conn)
             self._connections.discard(conn)
@@ -290,6 +312,7 @@ class Hub:
             frame = parse_client_frame(message, limits=self._limits)
         except ProtocolError as exc:
             conn.reply(error_reply(exc))
+            self._count_bad_frame(conn)
             return
         if isinstance(frame, Join):
             await self._join(conn, frame)
@@ -300,6 +323,14 @@ class Hub:
             await self._publish(conn, frame)
         elif isinstance(frame, Ping):
             conn.reply(Pong(frame.ref))
+
+    def _count_bad_frame(self, conn: Connection) -> None:
+        now = trio.current_time()
+        if now - conn.bad_since > self.config.bad_frame_window:
+            conn.bad_since, conn.bad_frames = now, 0
+        conn.bad_frames += 1
+        if conn.bad_frames > self.config.bad_frame_limit:
+            conn.fail(CloseCode.POLICY_VIOLATION, "too many malformed frames")
 
     def _context(self, conn: Connection, channel: str) -> tuple[ServerChannel[Any] | None, ChannelContext]:
         category, channel_id = split_channel(channel, max_id_length=self.config.max_id_length)
@@ -312,6 +343,10 @@ class Hub:
             conn.reply(JoinError(frame.channel, ErrorCode.UNKNOWN_CHANNEL, why, frame.ref))
             return
         if not self._registry.is_subscribed(conn, frame.channel):
+            refusal = self._join_refusal(conn)
+            if refusal is not None:
+                conn.reply(JoinError(frame.channel, refusal[0], refusal[1], frame.ref))
+                return
             try:
                 allowed = await server_channel._allows(ctx)
             except Exception:
@@ -325,11 +360,24 @@ class Hub:
             self._registry.subscribe(conn, frame.channel)
         conn.reply(Joined(frame.channel, frame.ref))
 
+    def _join_refusal(self, conn: Connection) -> tuple[ErrorCode, str] | None:
+        limit = self.config.max_channels_per_connection
+        if len(self._registry.channels_of(conn)) >= limit:
+            return ErrorCode.TOO_MANY_CHANNELS, f"a connection may join at most {limit} channels"
+        rate = self.config.joins_per_second
+        if rate is not None and not conn.join_budget.take(rate, trio.current_time()):
+            return ErrorCode.RATE_LIMITED, f"at most {rate:g} joins per second"
+        return None
+
     async def _publish(self, conn: Connection, frame: Publish) -> None:
         server_channel, ctx = self._context(conn, frame.channel)
         if not self._registry.is_subscribed(conn, frame.channel):
             why = f"join {frame.channel!r} before publishing to it"
             conn.reply(ErrorFrame(ErrorCode.NOT_JOINED, why, frame.ref))
+            return
+        rate = self.config.publishes_per_second
+        if rate is not None and not conn.publish_budget.take(rate, trio.current_time()):
+            conn.reply(ErrorFrame(ErrorCode.RATE_LIMITED, f"at most {rate:g} publishes per second", frame.ref))
             return
         if server_channel is None or server_channel.on_message is None:
             why = f"clients may not publish to {ctx.category!r}"

@@ -306,3 +306,16 @@ def test_arbitrary_objects_raise_only_protocol_errors(value: dict[str, Any]) -> 
     else:
         assert value["type"] in {"join", "leave", "message", "ping"}
         assert parse_client_frame(encode(frame)) == frame
+
+
+def test_nesting_depth_is_bounded() -> None:
+    deep: Any = 1
+    for _ in range(40):
+        deep = [deep]
+    with pytest.raises(ProtocolError) as info:
+        parse_client_frame(json.dumps({"type": "message", "channel": "a:b", "data": deep, "ref": 3}))
+    assert (info.value.code, info.value.ref) == (ErrorCode.TOO_DEEP, 3)
+    wide = [[1]] * 100  # many brackets, shallow: accepted
+    assert parse_client_frame(json.dumps({"type": "message", "channel": "a:b", "data": wide})) == Publish("a:b", wide)
+    shallow = json.dumps({"type": "message", "channel": "a:b", "data": deep})
+    assert parse_client_frame(shallow, limits=Limits(max_depth=50)) == Publish("a:b", deep)

@@ -51,6 +51,8 @@ class Limits:
 
     max_id_length: int = DEFAULT_MAX_ID_LENGTH
     max_ref_length: int = 128
+    #: Deepest nesting of arrays and objects accepted in a frame.
+    max_depth: int = 32
 
 
 DEFAULT_LIMITS = Limits()
@@ -122,6 +124,20 @@ _ENCODERS: dict[type, tuple[str, tuple[str, ...]]] = {
 
 
 # --- parsing --------------------------------------------------------------------
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion (the input is untrusted)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in item)
+    return deepest
 
 
 def _load(text: str | bytes) -> dict[str, Any]:
@@ -208,6 +224,10 @@ def parse_client_frame(text: str | bytes, *, limits: Limits = DEFAULT_LIMITS) ->
     """
     obj = _load(text)
     ref = _ref(obj, limits)
+    # Counting brackets first keeps the walk off the path of ordinary frames.
+    assert isinstance(text, str)
+    if text.count("[") + text.count("{") > limits.max_depth and _depth(obj) > limits.max_depth:
+        raise ProtocolError(ErrorCode.TOO_DEEP, f"the frame nests deeper than {limits.max_depth} levels", ref=ref)
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise ProtocolError(ErrorCode.INVALID_FIELD, "field 'type' is missing or not a string", ref=ref)

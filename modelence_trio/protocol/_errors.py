@@ -15,6 +15,7 @@ class ErrorCode(enum.StrEnum):
     """
 
     INVALID_JSON = "invalid_json"
+    TOO_DEEP = "too_deep"
     INVALID_FRAME = "invalid_frame"
     BINARY_FRAME = "binary_frame"
     UNKNOWN_TYPE = "unknown_type"
@@ -26,6 +27,8 @@ class ErrorCode(enum.StrEnum):
     PUBLISH_NOT_ALLOWED = "publish_not_allowed"
     PUBLISH_REJECTED = "publish_rejected"
     HANDLER_ERROR = "handler_error"
+    TOO_MANY_CHANNELS = "too_many_channels"
+    RATE_LIMITED = "rate_limited"
 
 
 class CloseCode(enum.IntEnum):
@@ -33,7 +36,7 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001  # the server is shutting down
-    POLICY_VIOLATION = 1008
+    POLICY_VIOLATION = 1008  # a flood of bad frames
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     SLOW_CONSUMER = 4002  # the outbound queue overflowed
