@@ -58,6 +58,12 @@ class Authenticator(Protocol):
 
     async def authenticate(self, token: str) -> Identity | None: ...
 
+    # Optional: ``async def check(self, identity: Identity) -> bool`` tells
+    # whether a session resolved earlier still holds (not expired, not
+    # revoked). The hub calls it every ``session_check_interval`` for each
+    # signed-in connection and closes those whose session ended (4001). The
+    # reference checks only at connect; without ``check`` so does this hub.
+
 
 @attrs.define(eq=False)
 class MemoryAuthenticator:
@@ -88,6 +94,17 @@ class MemoryAuthenticator:
 
     def revoke(self, token: str) -> None:
         self._sessions.pop(token, None)
+
+    async def check(self, identity: Identity) -> bool:
+        """Whether the session behind ``identity`` is still registered and unexpired.
+
+        A linear scan: this authenticator is for development and tests.
+        """
+        now = self.clock()
+        return any(
+            known.session is identity.session and (expires_at is None or now < expires_at)
+            for known, expires_at in self._sessions.values()
+        )
 
     async def authenticate(self, token: str) -> Identity | None:
         entry = self._sessions.get(token)

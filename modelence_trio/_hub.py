@@ -74,6 +74,9 @@ class HubConfig:
             ``bad_frame_window`` seconds; one more closes it with 1008.
         handshake_timeout: seconds a client has to finish the opening handshake.
         close_timeout: seconds to wait for the closing handshake.
+        session_check_interval: seconds between re-checks of signed-in
+            connections' sessions with the authenticator's ``check`` (if it has
+            one); an ended session closes its connection with 4001. ``None``: never.
         shutdown_grace: on shutdown, seconds a connection has to flush what is
             queued and complete the close handshake before it is cut.
     """
@@ -97,6 +100,7 @@ class HubConfig:
     handshake_timeout: float = 10.0
     close_timeout: float = 5.0
     shutdown_grace: float = 5.0
+    session_check_interval: float | None = 60.0
 
 
 @attrs.frozen
@@ -171,15 +175,19 @@ class Hub:
 
         It pings every connection every ``heartbeat_interval`` (one task for
         all connections, not one each) and drops those whose pong does not
-        come within ``heartbeat_timeout``. When it is cancelled, the hub shuts
+        come within ``heartbeat_timeout``. Every ``session_check_interval`` it
+        asks the authenticator whether each signed-in connection's session
+        still holds, and closes those that ended (4001). When it is cancelled, the hub shuts
         down gracefully: each connection flushes what is queued and closes with
         1001 within ``shutdown_grace``. If several servers run it, one does the
         pinging and the others wait; cancelling any of them shuts the hub down.
         """
         try:
-            async with self._run_lock:
+            async with self._run_lock, trio.open_nursery() as nursery:
                 self._stopping = False
-                await self._heartbeats()
+                nursery.start_soon(self._heartbeats)
+                nursery.start_soon(self._session_checks)
+            raise AssertionError("unreachable: the heartbeats never end")  # pragma: no cover
         finally:
             self.begin_shutdown()
 
@@ -203,6 +211,22 @@ class Hub:
         scope is the shield, so it costs no extra cancel scope.
         """
         return _ShieldedConnection(self, nursery.cancel_scope)
+
+    async def _session_checks(self) -> None:
+        check = getattr(self.authenticator, "check", None)
+        interval = self.config.session_check_interval
+        if check is None or interval is None:
+            return
+        while True:
+            await trio.sleep(interval)
+            for conn in [c for c in self._connections if c.identity.user is not None]:
+                try:
+                    valid = await check(conn.identity)
+                except Exception:
+                    logger.exception("session check failed; keeping the connection until the next check")
+                    continue
+                if not valid:
+                    conn.fail(CloseCode.SESSION_ENDED, "session expired or revoked")
 
     async def _heartbeats(self) -> NoReturn:
         interval = self.config.heartbeat_interval

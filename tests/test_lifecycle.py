@@ -137,3 +137,42 @@ async def test_shutdown_drains_then_closes_with_1001(autojump_clock: trio.testin
             raise AssertionError("expected the connection to be closed")
         assert hub.statistics().connections == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_sessions_that_end_while_connected_are_closed(autojump_clock: trio.testing.MockClock) -> None:
+    from modelence_trio import MemoryAuthenticator, User
+
+    auth = MemoryAuthenticator(clock=trio.current_time)
+    auth.add("expiring", User("1", "ann"), expires_at=30)
+    auth.add("revoked", User("2", "bob"))
+    auth.add("fine", User("3", "cy"))
+    chat = ServerChannel("chat")
+    hub = Hub([chat], authenticator=auth, config=HubConfig(heartbeat_interval=None, session_check_interval=10))
+    closed_at: dict[str, tuple[float, int]] = {}
+
+    async def watch(name: str, nursery: trio.Nursery) -> None:
+        ws = await server.dial(nursery, [(b"Authorization", f"Bearer {name}".encode())])
+        await receive_json(ws)
+        await request(ws, {"type": "join", "channel": "chat:a"})
+        try:
+            while True:
+                await ws.get_message()
+        except trio_websocket.ConnectionClosed as exc:
+            assert exc.reason is not None
+            closed_at[name] = (trio.current_time(), exc.reason.code)
+
+    async with open_memory_server(hub) as server, trio.open_nursery() as nursery:
+        for name in ("expiring", "revoked", "fine"):
+            nursery.start_soon(watch, name, nursery)
+        await trio.sleep(5)
+        assert hub.statistics().subscriptions == 3
+        auth.revoke("revoked")
+        await trio.sleep(60)
+        assert set(closed_at) == {"expiring", "revoked"}
+        revoked_time, revoked_code = closed_at["revoked"]
+        expiring_time, expiring_code = closed_at["expiring"]
+        assert (revoked_code, expiring_code) == (4001, 4001)
+        assert 5 < revoked_time <= 10 + 1  # within one check interval of the revocation
+        assert 30 <= expiring_time <= 40 + 1
+        assert hub.statistics().subscriptions == 1
+        nursery.cancel_scope.cancel()

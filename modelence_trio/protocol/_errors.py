@@ -39,6 +39,7 @@ class CloseCode(enum.IntEnum):
     POLICY_VIOLATION = 1008  # a flood of bad frames
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
+    SESSION_ENDED = 4001  # the session expired or was revoked while connected
     SLOW_CONSUMER = 4002  # the outbound queue overflowed
     HEARTBEAT_TIMEOUT = 4003  # no pong within the heartbeat timeout
 
