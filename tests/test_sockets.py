@@ -192,3 +192,52 @@ async def test_require_user_refuses_anonymous(nursery: trio.Nursery) -> None:
         async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/"):
             pass  # pragma: no cover
     assert info.value.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ([(b"Authorization", b"Basic YWxpY2U6cHc=")], 401),  # malformed: not Bearer
+        ([(b"Authorization", b"Bearer")], 401),  # no token after the scheme
+        ([(b"Authorization", b"Bearer unknown")], 401),
+        ([(b"Authorization", b"Bearer old-token")], 401),  # expired
+        ([(b"Cookie", b"authToken=")], 401),
+        ([(b"Cookie", b"authToken=nope")], 401),
+    ],
+)
+async def test_bad_credentials_at_the_handshake(url: str, headers: list[tuple[bytes, bytes]], status: int) -> None:
+    with pytest.raises(trio_websocket.ConnectionRejected) as info:
+        async with trio_websocket.open_websocket_url(url, extra_headers=headers):
+            pass  # pragma: no cover
+    assert info.value.status_code == status
+    # The server carries on.
+    async with trio_websocket.open_websocket_url(url) as ws:
+        assert (await receive_json(ws))["type"] == "welcome"
+
+
+async def test_header_beats_cookie_when_they_disagree(url: str) -> None:
+    good_header = [(b"Authorization", b"Bearer alice-token"), (b"Cookie", b"authToken=nope")]
+    async with trio_websocket.open_websocket_url(url, extra_headers=good_header) as ws:
+        assert (await receive_json(ws))["user"]["handle"] == "alice"
+    bad_header = [(b"Authorization", b"Bearer nope"), (b"Cookie", b"authToken=alice-token")]
+    with pytest.raises(trio_websocket.ConnectionRejected) as info:
+        async with trio_websocket.open_websocket_url(url, extra_headers=bad_header):
+            pass  # pragma: no cover
+    assert info.value.status_code == 401
+
+
+async def test_cookie_alone_authenticates(url: str) -> None:
+    async with trio_websocket.open_websocket_url(url, extra_headers=[(b"Cookie", b"authToken=alice-token")]) as ws:
+        assert (await receive_json(ws))["user"]["id"] == "u1"
+
+
+async def test_joining_twice_and_leaving_unjoined_are_idempotent(url: str) -> None:
+    async with trio_websocket.open_websocket_url(url) as ws:
+        await receive_json(ws)
+        assert (await request(ws, {"type": "join", "channel": "chat:a", "ref": 1}))["type"] == "joined"
+        assert (await request(ws, {"type": "join", "channel": "chat:a", "ref": 2}))["type"] == "joined"
+        assert await request(ws, {"type": "leave", "channel": "chat:zzz", "ref": 3}) == {
+            "type": "left",
+            "channel": "chat:zzz",
+            "ref": 3,
+        }

@@ -1,0 +1,76 @@
+"""The channel registry against a simple model, under random operations."""
+
+from __future__ import annotations
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from modelence_trio._registry import Registry
+
+CHANNELS = st.sampled_from(["chat:a", "chat:b", "user:1", "user:2", "news:x"])
+
+
+class Peer:
+    def __init__(self, name: int) -> None:
+        self.name = name
+        self.received: list[tuple[str, int]] = []
+
+    def send(self, frame: tuple[str, int]) -> None:
+        self.received.append(frame)
+
+
+class RegistryMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.registry = Registry()
+        self.peers = [Peer(i) for i in range(4)]
+        self.model: dict[int, set[str]] = {i: set() for i in range(4)}
+        self.expected: dict[int, list[tuple[str, int]]] = {i: [] for i in range(4)}
+        self.counter = 0
+
+    @rule(peer=st.integers(0, 3), channel=CHANNELS)
+    def join(self, peer: int, channel: str) -> None:
+        added = self.registry.subscribe(self.peers[peer], channel)
+        assert added == (channel not in self.model[peer])
+        self.model[peer].add(channel)
+
+    @rule(peer=st.integers(0, 3), channel=CHANNELS)
+    def leave(self, peer: int, channel: str) -> None:
+        removed = self.registry.unsubscribe(self.peers[peer], channel)
+        assert removed == (channel in self.model[peer])
+        self.model[peer].discard(channel)
+
+    @rule(peer=st.integers(0, 3))
+    def disconnect(self, peer: int) -> None:
+        self.registry.drop(self.peers[peer])
+        self.model[peer].clear()
+
+    @rule(channel=CHANNELS)
+    def broadcast(self, channel: str) -> None:
+        self.counter += 1
+        frame = (channel, self.counter)
+        count = self.registry.deliver(channel, frame)
+        receivers = [p for p, channels in self.model.items() if channel in channels]
+        assert count == len(receivers)
+        for p in receivers:
+            self.expected[p].append(frame)
+
+    @invariant()
+    def matches_the_model(self) -> None:
+        for i, peer in enumerate(self.peers):
+            assert self.registry.channels_of(peer) == frozenset(self.model[i])
+            assert peer.received == self.expected[i]
+        stats = self.registry.statistics()
+        assert stats.subscriptions == sum(len(c) for c in self.model.values())
+        assert stats.channels == len(set().union(*self.model.values()))
+
+    def teardown(self) -> None:
+        for peer in self.peers:
+            self.registry.drop(peer)
+        assert self.registry.statistics().channels == 0  # nothing left behind
+        assert self.registry.statistics().subscriptions == 0
+
+
+TestRegistry = RegistryMachine.TestCase
+TestRegistry.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
