@@ -20,148 +20,15 @@ W4: C idle joined connections: server RSS per connection.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
-import re
 import resource
-import socket
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import trio
-
-HERE = Path(__file__).resolve().parent
-SEQ_TS = re.compile(rb'"seq":(\d+),"ts":([0-9.]+)')
-KEY = base64.b64encode(b"modelence-trio-bench").decode()
-
-
-def pin(cpu: int) -> None:
-    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
-        os.sched_setaffinity(0, {cpu})
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def masked_text(payload: bytes) -> bytes:
-    mask = b"\x01\x02\x03\x04"
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    assert len(payload) < 126
-    return bytes((0x81, 0x80 | len(payload))) + mask + body
-
-
-class Subscriber:
-    """One raw WebSocket client: joins, then checks seq order and records latency."""
-
-    def __init__(self) -> None:
-        self.stream: trio.SocketStream | None = None
-        self.buffer = b""
-        self.last = -1
-        self.unique = 0
-        self.dups = 0
-        self.reorders = 0
-        self.latencies: list[float] = []
-
-    async def connect(self, port: int, channel: str) -> None:
-        self.stream = await trio.open_tcp_stream("127.0.0.1", port)
-        request = (
-            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        await self.stream.send_all(request.encode())
-        while b"\r\n\r\n" not in self.buffer:
-            self.buffer += await self.stream.receive_some(65536)
-        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-        if not head.startswith(b"HTTP/1.1 101"):
-            raise RuntimeError(f"handshake refused: {head[:80]!r}")
-        await self.stream.send_all(masked_text(json.dumps({"type": "join", "channel": channel}).encode()))
-        while True:
-            for payload in await self.frames():
-                if b'"joined"' in payload:
-                    return
-
-    async def frames(self) -> list[bytes]:
-        assert self.stream is not None
-        data = await self.stream.receive_some(262144)
-        if not data:
-            raise EOFError("server closed the connection")
-        buf = self.buffer + data
-        out, pos, size = [], 0, len(buf)
-        while size - pos >= 2:
-            length = buf[pos + 1] & 0x7F
-            start = pos + 2
-            if length == 126:
-                if size - pos < 4:
-                    break
-                length, start = int.from_bytes(buf[pos + 2 : pos + 4], "big"), pos + 4
-            elif length == 127:
-                if size - pos < 10:
-                    break
-                length, start = int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10
-            if size < start + length:
-                break
-            out.append(buf[start : start + length])
-            pos = start + length
-        self.buffer = buf[pos:]
-        return out
-
-    async def receive(self, expected: int, stats: dict[str, float]) -> None:
-        while self.unique < expected:
-            payloads = await self.frames()
-            now = time.time() * 1000
-            for payload in payloads:
-                match = SEQ_TS.search(payload)
-                if match is None:
-                    continue
-                seq = int(match[1])
-                if seq > self.last:
-                    self.last = seq
-                    self.unique += 1
-                    self.latencies.append(now - float(match[2]))
-                elif seq == self.last:
-                    self.dups += 1
-                else:
-                    self.reorders += 1
-            stats["last"] = now
-            stats["deliveries"] += len(payloads)
-
-
-async def control(port: int, query: str) -> dict[str, float]:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    await stream.send_all(f"GET /bench/broadcast?{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    data = b""
-    while chunk := await stream.receive_some(65536):
-        data += chunk
-    await stream.aclose()
-    result: dict[str, float] = json.loads(data.split(b"\r\n\r\n", 1)[1])
-    return result
-
-
-async def open_subscribers(port: int, channels: list[str]) -> list[Subscriber]:
-    subscribers = [Subscriber() for _ in channels]
-    limit = trio.CapacityLimiter(100)
-
-    async def one(sub: Subscriber, channel: str) -> None:
-        async with limit:
-            await sub.connect(port, channel)
-
-    async with trio.open_nursery() as nursery:
-        for sub, channel in zip(subscribers, channels, strict=True):
-            nursery.start_soon(one, sub, channel)
-    return subscribers
+from loadgen import control, cpu_seconds, open_subscribers, pin, rss_mib, start_server
 
 
 async def fan_out(port: int, pid: int, channels: list[str], rounds: int, query: str) -> dict[str, object]:
@@ -219,29 +86,10 @@ async def idle(port: int, pid: int, conns: int) -> dict[str, object]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def run(args: argparse.Namespace) -> None:
     for workload in args.workloads.split(","):
-        port = free_port()
-        server = subprocess.Popen(
-            [sys.executable, str(HERE / "peer_server.py"), "--port", str(port), "--gc", args.gc],
-            preexec_fn=lambda: pin(0),
-            stdout=subprocess.DEVNULL,
-        )
+        server, port = await start_server(args.gc)
         try:
-            for _ in range(100):
-                try:
-                    (await trio.open_tcp_stream("127.0.0.1", port)).socket.close()
-                    break
-                except OSError:
-                    await trio.sleep(0.05)
-            await trio.sleep(0.5)
             n = args.n
             if workload == "w1":
                 result = await fan_out(

@@ -17,6 +17,7 @@ import contextlib
 import gc
 import json
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -80,10 +81,30 @@ async def run_broadcast(query: dict[str, list[str]]) -> dict[str, Any]:
     return {"ok": True, "rounds": count, "messages": count * len(targets), "loop_ms": loop_ms}
 
 
+def count_tasks(task: trio.lowlevel.Task) -> int:
+    return 1 + sum(count_tasks(child) for nursery in task.child_nurseries for child in nursery.child_tasks)
+
+
+def stats(hub: Hub) -> dict[str, float]:
+    """What the soak test watches for growth."""
+    gc.collect()  # count what is alive, not garbage the tuned collector has not reached yet
+    hub_stats = hub.statistics()
+    status = Path("/proc/self/status").read_text()
+    rss_kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+    return {
+        "connections": hub_stats.connections,
+        "channels": hub_stats.channels,
+        "subscriptions": hub_stats.subscriptions,
+        "tasks": count_tasks(root) if (root := trio.lowlevel.current_root_task()) else 0,
+        "rss_mib": round(rss_kib / 1024, 1),
+        "gc_objects": len(gc.get_objects()),
+    }
+
+
 async def handle(hub: Hub, stream: trio.SocketStream) -> None:
     head = b""
     try:
-        with trio.fail_after(30):
+        with trio.fail_after(hub.config.handshake_timeout):
             while HEADERS_END not in head and len(head) < 65536:
                 chunk = await stream.receive_some(65536)
                 if not chunk:
@@ -99,6 +120,8 @@ async def handle(hub: Hub, stream: trio.SocketStream) -> None:
         body = b"ok"
         if url.path == "/bench/broadcast":
             body = json.dumps(await run_broadcast(parse_qs(url.query))).encode()
+        elif url.path == "/bench/stats":
+            body = json.dumps(stats(hub)).encode()
         response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
         response += b"Content-Length: %d\r\n\r\n" % len(body) + body
         try:
