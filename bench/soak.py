@@ -64,6 +64,12 @@ async def broadcaster(port: int, deadline: float) -> None:
         await control(port, f"prefix=user:&nch={CHANNELS}&count=20&rate=20")
 
 
+async def report_every_minute(port: int, deadline: float) -> None:
+    while trio.current_time() + 60 < deadline:
+        await trio.sleep(60)
+        print("during", json.dumps(await server_stats(port)), flush=True)
+
+
 async def settle(port: int) -> dict[str, float]:
     for _ in range(50):
         if (await server_stats(port))["connections"] == 0:
@@ -92,6 +98,7 @@ async def main(minutes: float, workers: int) -> None:
             for _ in range(workers):
                 nursery.start_soon(client_loop, port, deadline, counts)
             nursery.start_soon(broadcaster, port, deadline)
+            nursery.start_soon(report_every_minute, port, deadline)
         end_stats = await settle(port)
         print("end  ", json.dumps(end_stats), flush=True)
         print(
@@ -102,6 +109,10 @@ async def main(minutes: float, workers: int) -> None:
                     **counts,
                     "tasks growth": end_stats["tasks"] - start_stats["tasks"],
                     "rss growth MiB": round(end_stats["rss_mib"] - start_stats["rss_mib"], 1),
+                    "rss growth after malloc_trim MiB": round(
+                        end_stats["rss_mib_after_trim"] - start_stats["rss_mib_after_trim"], 1
+                    ),
+                    "python blocks growth": end_stats["python_blocks"] - start_stats["python_blocks"],
                     "live objects growth": end_stats["gc_objects"] - start_stats["gc_objects"],
                 }
             )
