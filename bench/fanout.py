@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
 import time
 
 import trio
-from loadgen import control, cpu_seconds, open_subscribers, pin, rss_mib, start_server
+from loadgen import become_load_generator, control, cpu_seconds, open_subscribers, rss_mib, start_server
 
 
 async def fan_out(port: int, pid: int, channels: list[str], rounds: int, query: str) -> dict[str, object]:
@@ -123,9 +122,7 @@ def main() -> None:
     parser.add_argument("--conns", type=int, default=5000, help="idle connections in W4")
     parser.add_argument("--gc", choices=["tuned", "default"], default="tuned")
     args = parser.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    pin(1)
+    become_load_generator()
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} cpus={os.cpu_count()} python={sys.version.split()[0]}", flush=True)
     trio.run(run, args)
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 
 import trio
-from loadgen import Subscriber, control, open_subscribers, pin, rss_mib, server_stats, start_server
+from loadgen import Subscriber, become_load_generator, control, open_subscribers, rss_mib, server_stats, start_server
 
 
 async def main(conns: int, messages: int) -> None:
@@ -61,7 +60,5 @@ if __name__ == "__main__":
     parser.add_argument("--conns", type=int, default=5000)
     parser.add_argument("--messages", type=int, default=10)
     args = parser.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    pin(1)
+    become_load_generator()
     trio.run(main, args.conns, args.messages)

@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import re
+import resource
 import socket
 import subprocess
 import sys
@@ -22,6 +23,13 @@ import trio
 HERE = Path(__file__).resolve().parent
 SEQ_TS = re.compile(rb'"seq":(\d+),"ts":([0-9.]+)')
 KEY = base64.b64encode(b"modelence-trio-bench").decode()
+
+
+def become_load_generator() -> None:
+    """Raise this process's descriptor limit and move it to CPU 1 (the server gets CPU 0)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    pin(1)
 
 
 def pin(cpu: int) -> None:

@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import time
 
 import trio
-from loadgen import Subscriber, control, pin, server_stats, start_server
+from loadgen import Subscriber, become_load_generator, control, masked_text, server_stats, start_server
 
 CHANNELS = 50
 
@@ -48,14 +47,10 @@ async def client_loop(port: int, deadline: float, counts: dict[str, int]) -> Non
 
 
 def _join(channel: str) -> bytes:
-    from loadgen import masked_text
-
     return masked_text(json.dumps({"type": "join", "channel": channel}).encode())
 
 
 def _leave(channel: str) -> bytes:
-    from loadgen import masked_text
-
     return masked_text(json.dumps({"type": "leave", "channel": channel}).encode())
 
 
@@ -127,7 +122,5 @@ if __name__ == "__main__":
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--workers", type=int, default=200)
     args = parser.parse_args()
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    pin(1)
+    become_load_generator()
     trio.run(main, args.minutes, args.workers)
