@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import gc
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -104,6 +105,7 @@ def stats(hub: Hub) -> dict[str, float]:
     return {
         "rss_mib_after_trim": round(_rss_kib() / 1024, 1),
         "python_blocks": sys.getallocatedblocks(),
+        "open_fds": len(os.listdir("/proc/self/fd")),
         "connections": hub_stats.connections,
         "channels": hub_stats.channels,
         "subscriptions": hub_stats.subscriptions,

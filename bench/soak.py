@@ -108,6 +108,7 @@ async def main(minutes: float, workers: int) -> None:
                         end_stats["rss_mib_after_trim"] - start_stats["rss_mib_after_trim"], 1
                     ),
                     "python blocks growth": end_stats["python_blocks"] - start_stats["python_blocks"],
+                    "open fds growth": end_stats["open_fds"] - start_stats["open_fds"],
                     "live objects growth": end_stats["gc_objects"] - start_stats["gc_objects"],
                 }
             )
