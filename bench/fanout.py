@@ -27,7 +27,7 @@ import sys
 import time
 
 import trio
-from loadgen import become_load_generator, control, cpu_seconds, open_subscribers, rss_mib, start_server
+from loadgen import become_load_generator, control, cpu_seconds, open_subscribers, rss_mib, running_server
 
 
 async def fan_out(port: int, pid: int, channels: list[str], rounds: int, query: str) -> dict[str, object]:
@@ -87,28 +87,24 @@ async def idle(port: int, pid: int, conns: int) -> dict[str, object]:
 
 async def run(args: argparse.Namespace) -> None:
     for workload in args.workloads.split(","):
-        server, port = await start_server(args.gc)
-        try:
+        async with running_server(args.gc) as (pid, port):
             n = args.n
             if workload == "w1":
                 result = await fan_out(
-                    port, server.pid, ["chat:room1"] * n, args.m, f"channel=chat:room1&count={args.m}&rate=0"
+                    port, pid, ["chat:room1"] * n, args.m, f"channel=chat:room1&count={args.m}&rate=0"
                 )
             elif workload == "w2":
                 count = int(args.rate * args.duration)
                 query = f"channel=chat:room1&count={count}&rate={args.rate}"
-                result = await fan_out(port, server.pid, ["chat:room1"] * n, count, query)
+                result = await fan_out(port, pid, ["chat:room1"] * n, count, query)
             elif workload == "w3":
                 query = f"prefix=user:&nch={n}&count={args.rounds}&rate=0"
-                result = await fan_out(port, server.pid, [f"user:{i}" for i in range(n)], args.rounds, query)
+                result = await fan_out(port, pid, [f"user:{i}" for i in range(n)], args.rounds, query)
             elif workload == "w4":
-                result = await idle(port, server.pid, args.conns)
+                result = await idle(port, pid, args.conns)
             else:
                 raise SystemExit(f"unknown workload {workload!r}")
             print(workload, json.dumps(result), flush=True)
-        finally:
-            server.terminate()
-            server.wait(10)
 
 
 def main() -> None:

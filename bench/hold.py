@@ -15,18 +15,17 @@ import json
 import time
 
 import trio
-from loadgen import Subscriber, become_load_generator, control, open_subscribers, rss_mib, server_stats, start_server
+from loadgen import Subscriber, become_load_generator, control, open_subscribers, rss_mib, running_server, server_stats
 
 
 async def main(conns: int, messages: int) -> None:
-    server, port = await start_server()
-    try:
-        before = rss_mib(server.pid)
+    async with running_server() as (pid, port):
+        before = rss_mib(pid)
         start = time.perf_counter()
         subs: list[Subscriber] = await open_subscribers(port, ["chat:all"] * conns)
         connect_s = time.perf_counter() - start
         await trio.sleep(2)
-        after = rss_mib(server.pid)
+        after = rss_mib(pid)
         stats = await server_stats(port)
         counters = {"last": 0.0, "deliveries": 0.0}
         start = time.perf_counter()
@@ -50,9 +49,6 @@ async def main(conns: int, messages: int) -> None:
                 }
             )
         )
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
@@ -169,22 +171,28 @@ def free_port() -> int:
         return port
 
 
-async def start_server(gc_mode: str = "tuned") -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``peer_server.py`` on a free port, pinned to CPU 0; return it once it accepts."""
+@asynccontextmanager
+async def running_server(gc_mode: str = "tuned") -> AsyncIterator[tuple[int, int]]:
+    """Run ``peer_server.py`` on a free port, pinned to CPU 0; yields its pid and port
+    once it accepts connections, and stops it afterwards."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, str(HERE / "peer_server.py"), "--port", str(port), "--gc", gc_mode],
         preexec_fn=lambda: pin(0),
         stdout=subprocess.DEVNULL,
     )
-    for _ in range(200):
-        try:
-            (await trio.open_tcp_stream("127.0.0.1", port)).socket.close()
-            break
-        except OSError:
-            await trio.sleep(0.05)
-    await trio.sleep(0.5)
-    return server, port
+    try:
+        for _ in range(200):
+            try:
+                (await trio.open_tcp_stream("127.0.0.1", port)).socket.close()
+                break
+            except OSError:
+                await trio.sleep(0.05)
+        await trio.sleep(0.5)
+        yield server.pid, port
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 async def server_stats(port: int) -> dict[str, float]:

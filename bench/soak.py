@@ -18,7 +18,7 @@ import random
 import time
 
 import trio
-from loadgen import Subscriber, become_load_generator, control, masked_text, server_stats, start_server
+from loadgen import Subscriber, become_load_generator, control, masked_text, running_server, server_stats
 
 CHANNELS = 50
 
@@ -77,9 +77,8 @@ async def settle(port: int) -> dict[str, float]:
 
 
 async def main(minutes: float, workers: int) -> None:
-    server, port = await start_server()
     counts = {"cycles": 0, "frames": 0, "errors": 0}
-    try:
+    async with running_server() as (_, port):
         # Warm-up: one short round so that caches and pools exist at "start".
         async with trio.open_nursery() as nursery:
             for _ in range(workers):
@@ -113,9 +112,6 @@ async def main(minutes: float, workers: int) -> None:
                 }
             )
         )
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 if __name__ == "__main__":
