@@ -71,6 +71,11 @@ class Connection:
     bad_frames: int = 0
     bad_since: float = -math.inf
 
+    @property
+    def failed(self) -> bool:
+        """Ended by ``fail`` (rather than by a shutdown or by the peer): the hub owes the close frame."""
+        return self.close_reason is not None and self.close_reason[0] != CloseCode.GOING_AWAY
+
     def send(self, frame: Outgoing) -> None:
         if self.close_reason is not None:
             return
@@ -126,7 +131,7 @@ class Connection:
                     break
             # Shutting down, and everything went out. (A failed connection is
             # being cancelled; the hub sends its close frame.)
-            if self.close_reason is not None and self.close_reason[0] == CloseCode.GOING_AWAY:
+            if self.close_reason is not None and not self.failed:
                 with trio.move_on_after(self.close_timeout):
                     await self.transport.close(*self.close_reason)
                 self.closed = True

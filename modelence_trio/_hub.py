@@ -37,7 +37,6 @@ from .protocol import (
     Welcome,
     error_reply,
     parse_client_frame,
-    split_channel,
     token_from_request,
 )
 from .protocol import Error as ErrorFrame
@@ -326,8 +325,8 @@ class Hub:
         finally:
             self._registry.drop(conn)
             self._connections.discard(conn)
-            if not conn.closed and conn.close_reason is not None and conn.close_reason[0] != CloseCode.GOING_AWAY:
-                # Failed (slow consumer, heartbeat): a best-effort close frame.
+            if conn.failed and not conn.closed and conn.close_reason is not None:
+                # Failed (slow consumer, heartbeat, ...): a best-effort close frame.
                 with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):
                     await transport.close(*conn.close_reason)
 
@@ -357,7 +356,8 @@ class Hub:
             conn.fail(CloseCode.POLICY_VIOLATION, "too many malformed frames")
 
     def _context(self, conn: Connection, channel: str) -> tuple[ServerChannel[Any] | None, ChannelContext]:
-        category, channel_id = split_channel(channel, max_id_length=self.config.max_id_length)
+        # The codec has validated the name against this hub's limits already.
+        category, _, channel_id = channel.partition(":")
         return self._channels.get(category), ChannelContext(conn.identity, category, channel_id, conn.id)
 
     async def _join(self, conn: Connection, frame: Join) -> None:
@@ -386,7 +386,7 @@ class Hub:
 
     def _join_refusal(self, conn: Connection) -> tuple[ErrorCode, str] | None:
         limit = self.config.max_channels_per_connection
-        if len(self._registry.channels_of(conn)) >= limit:
+        if self._registry.count_of(conn) >= limit:
             return ErrorCode.TOO_MANY_CHANNELS, f"a connection may join at most {limit} channels"
         rate = self.config.joins_per_second
         if rate is not None and not conn.join_budget.take(rate, trio.current_time()):

@@ -60,6 +60,10 @@ class Registry:
     def is_subscribed(self, subscriber: Subscriber, channel: str) -> bool:
         return channel in self._by_subscriber.get(subscriber, ())
 
+    def count_of(self, subscriber: Subscriber) -> int:
+        """How many channels ``subscriber`` has joined (no copy, unlike ``channels_of``)."""
+        return len(self._by_subscriber.get(subscriber, ()))
+
     def channels_of(self, subscriber: Subscriber) -> frozenset[str]:
         return frozenset(self._by_subscriber.get(subscriber, ()))
 
