@@ -1,13 +1,16 @@
 """modelence-trio: real-time channels over WebSockets, on Trio.
 
-Server side: declare :class:`ServerChannel` objects, build a :class:`Hub` with
-them, serve it with :func:`serve_websocket`, and call
-``channel.broadcast(id, data)`` from anywhere in the app. Client side:
+Server side: declare :class:`ServerChannel` objects and methods in
+:class:`Module` objects, collect them in an :class:`App` (an ASGI app, for
+hypercorn or ``modelence-trio``), or build a bare :class:`Hub` and serve it
+with :func:`serve_websocket`; call ``channel.broadcast(id, data)`` from
+anywhere in the app. Client side:
 :func:`open_client`. In-memory deterministic tests: :mod:`modelence_trio.testing`.
 The wire protocol is in :mod:`modelence_trio.protocol` and protocol.md.
 """
 
-from ._auth import Authenticator, Identity, MemoryAuthenticator, User
+from ._app import App, Module
+from ._auth import Authenticator, DevelopmentAuthenticator, Identity, MemoryAuthenticator, User
 from ._channel import ChannelContext, PublishRejected, ServerChannel
 from ._client import (
     AuthenticationFailed,
@@ -23,10 +26,12 @@ from ._client import (
     open_client,
 )
 from ._hub import Hub, HubConfig, HubStatistics
+from ._methods import MethodContext, MethodError
 from ._serve import serve_websocket
 from .protocol import CloseCode, ErrorCode
 
 __all__ = [
+    "App",
     "AuthenticationFailed",
     "Authenticator",
     "Backoff",
@@ -38,6 +43,7 @@ __all__ = [
     "ClientMessage",
     "CloseCode",
     "ConnectionLost",
+    "DevelopmentAuthenticator",
     "ErrorCode",
     "Hub",
     "HubConfig",
@@ -45,6 +51,9 @@ __all__ = [
     "Identity",
     "JoinRefused",
     "MemoryAuthenticator",
+    "MethodContext",
+    "MethodError",
+    "Module",
     "PublishRejected",
     "RequestFailed",
     "ServerChannel",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import attrs
 
-__all__ = ["Authenticator", "Identity", "MemoryAuthenticator", "User"]
+__all__ = ["Authenticator", "DevelopmentAuthenticator", "Identity", "MemoryAuthenticator", "User"]
 
 
 @attrs.frozen
@@ -114,3 +115,25 @@ class MemoryAuthenticator:
         if expires_at is not None and self.clock() >= expires_at:
             return None
         return identity
+
+
+_HANDLE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+
+
+@attrs.frozen
+class DevelopmentAuthenticator:
+    """Every token is a sign-in as the user of that name: ``?token=ada`` is ada.
+
+    For demos and local development only, where typing a name is the whole
+    sign-in: anyone can be anyone. Tokens must be 1-32 letters, digits,
+    ``_``, ``.`` or ``-`` (others get 401). ``roles`` gives some names roles.
+
+    >>> DevelopmentAuthenticator(roles={"alice": ["staff"]})
+    """
+
+    roles: Mapping[str, Iterable[str]] = attrs.field(factory=dict)
+
+    async def authenticate(self, token: str) -> Identity | None:
+        if not _HANDLE.fullmatch(token):
+            return None
+        return Identity(User(f"dev-{token}", token), {"token": token}, tuple(self.roles.get(token, ())))

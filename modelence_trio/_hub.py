@@ -266,10 +266,20 @@ class Hub:
                 missing one when ``require_user``); 503 if the authenticator
                 failed. The transport answers with that HTTP status.
         """
+        if self._stopping:
+            raise HandshakeRejected(503, "server shutting down")
         limit = self.config.max_connections
         if limit is not None and len(self._connections) >= limit:
             raise HandshakeRejected(503, "server full: too many connections")
-        token = token_from_request(target, headers)
+        return await self.identify(token_from_request(target, headers))
+
+    async def identify(self, token: str | None) -> Identity:
+        """Resolve a session token (``None``: none presented) to an identity
+        with the hub's default roles; the HTTP methods endpoint uses it too.
+
+        Raises:
+            HandshakeRejected: as :meth:`authenticate` (but never for capacity).
+        """
         if token is None:
             if self.config.require_user:
                 raise HandshakeRejected(401, "authentication required")

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import trio
 import trio_websocket
+
+from modelence_trio import App, Authenticator, Hub, HubConfig, Module, ServerChannel, serve_websocket
 
 
 async def receive_json(ws: trio_websocket.WebSocketConnection, timeout: float = 5) -> dict[str, Any]:
@@ -24,3 +27,26 @@ async def send_json(ws: trio_websocket.WebSocketConnection, frame: dict[str, Any
 async def request(ws: trio_websocket.WebSocketConnection, frame: dict[str, Any]) -> dict[str, Any]:
     await send_json(ws, frame)
     return await receive_json(ws)
+
+
+#: Every WebSocket transport; tests parametrised over it run the same scenario against each.
+TRANSPORTS = ["trio-websocket", "hypercorn"]
+
+
+async def start_server(
+    nursery: trio.Nursery,
+    transport: str,
+    channels: Sequence[ServerChannel[Any]],
+    *,
+    authenticator: Authenticator | None = None,
+    config: HubConfig = HubConfig(),
+) -> tuple[str, Hub]:
+    """Serve ``channels`` over real sockets with ``transport``; the ``ws://`` URL and the hub."""
+    if transport == "trio-websocket":
+        hub = Hub(channels, authenticator=authenticator, config=config)
+        port = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
+        return f"ws://127.0.0.1:{port}/ws", hub
+    assert transport == "hypercorn", transport
+    app = App([Module("test", channels=channels)], authenticator=authenticator, config=config)
+    urls = await nursery.start(app.serve, "127.0.0.1", 0)
+    return urls[0].replace("http://", "ws://") + "/ws", app.hub

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio_websocket
 
 from modelence_trio import Hub, HubConfig, ServerChannel, serve_websocket
 
-from .helpers import receive_json, request
+from .helpers import TRANSPORTS, receive_json, request, start_server
 
 
 async def test_many_broadcasts_reach_many_clients_in_order(nursery: trio.Nursery) -> None:
@@ -88,19 +89,19 @@ async def request_until_left(ws: trio_websocket.WebSocketConnection) -> None:
     assert seqs == list(range(50))
 
 
-async def test_cancelling_the_server_flushes_then_closes_with_1001() -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_cancelling_the_server_flushes_then_closes_with_1001(transport: str) -> None:
     chat: ServerChannel = ServerChannel("chat")
-    hub = Hub([chat])
     async with trio.open_nursery() as outer:
         server_scope = trio.CancelScope()
 
-        async def run_server(task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        async def run_server(task_status: trio.TaskStatus[tuple[str, Hub]] = trio.TASK_STATUS_IGNORED) -> None:
             with server_scope:
                 async with trio.open_nursery() as nursery:
-                    task_status.started(await nursery.start(serve_websocket, hub, "127.0.0.1", 0))
+                    task_status.started(await start_server(nursery, transport, [chat]))
 
-        port = await outer.start(run_server)
-        async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/") as ws:
+        url, hub = await outer.start(run_server)
+        async with trio_websocket.open_websocket_url(url) as ws:
             await receive_json(ws)
             await request(ws, {"type": "join", "channel": "chat:x"})
             for seq in range(500):
@@ -117,7 +118,7 @@ async def test_cancelling_the_server_flushes_then_closes_with_1001() -> None:
                     raise AssertionError("expected close 1001")
         # Nothing is accepted any more.
         try:
-            async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/"):
+            async with trio_websocket.open_websocket_url(url):
                 raise AssertionError("the server still accepts")
         except trio_websocket.HandshakeError as exc:
             assert isinstance(exc.__cause__, OSError)  # connection refused

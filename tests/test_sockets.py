@@ -1,4 +1,8 @@
-"""The server over real sockets, driven by a plain WebSocket client (not ours)."""
+"""The server over real sockets, driven by a plain WebSocket client (not ours).
+
+Every scenario runs against both transports (trio-websocket, and ASGI under
+hypercorn): they share one core, and these tests hold them to it.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,14 @@ import pytest
 import trio
 import trio_websocket
 
-from modelence_trio import ChannelContext, Hub, HubConfig, MemoryAuthenticator, ServerChannel, User, serve_websocket
+from modelence_trio import ChannelContext, HubConfig, MemoryAuthenticator, ServerChannel, User
 
-from .helpers import receive_json, request, send_json
+from .helpers import TRANSPORTS, receive_json, request, send_json, start_server
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
@@ -30,10 +39,12 @@ def auth() -> MemoryAuthenticator:
 
 
 @pytest.fixture
-async def url(nursery: trio.Nursery, chat: ServerChannel[object], auth: MemoryAuthenticator) -> AsyncIterator[str]:
-    hub = Hub([chat], authenticator=auth, config=HubConfig(authenticated_roles=["user"]))
-    port = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
-    yield f"ws://127.0.0.1:{port}/ws"
+async def url(
+    nursery: trio.Nursery, transport: str, chat: ServerChannel[object], auth: MemoryAuthenticator
+) -> AsyncIterator[str]:
+    config = HubConfig(authenticated_roles=["user"])
+    url, _ = await start_server(nursery, transport, [chat], authenticator=auth, config=config)
+    yield url
 
 
 async def test_welcome_anonymous(url: str) -> None:
@@ -156,13 +167,12 @@ async def test_a_bad_client_does_not_disturb_another(url: str, chat: ServerChann
         assert (await receive_json(good))["data"] == 1
 
 
-async def test_publish_from_client(url: str, nursery: trio.Nursery) -> None:
+async def test_publish_from_client(nursery: trio.Nursery, transport: str) -> None:
     received: list[tuple[str, object]] = []
     echo = ServerChannel("echo", on_message=lambda ctx, cid, data: received.append((cid, data)))
     plain = ServerChannel("plain")
-    hub = Hub([echo, plain])
-    port = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
-    async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/") as ws:
+    url, _ = await start_server(nursery, transport, [echo, plain])
+    async with trio_websocket.open_websocket_url(url) as ws:
         await receive_json(ws)
         await request(ws, {"type": "join", "channel": "echo:1"})
         await request(ws, {"type": "join", "channel": "plain:1"})
@@ -174,10 +184,9 @@ async def test_publish_from_client(url: str, nursery: trio.Nursery) -> None:
         assert reply["ref"] == 6
 
 
-async def test_oversized_frame_is_closed_with_1009(nursery: trio.Nursery) -> None:
-    hub = Hub([ServerChannel("chat")], config=HubConfig(max_frame_size=1000))
-    port = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
-    async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/") as ws:
+async def test_oversized_frame_is_closed_with_1009(nursery: trio.Nursery, transport: str) -> None:
+    url, _ = await start_server(nursery, transport, [ServerChannel("chat")], config=HubConfig(max_frame_size=1000))
+    async with trio_websocket.open_websocket_url(url) as ws:
         await receive_json(ws)
         await send_json(ws, {"type": "ping", "ref": "x" * 2000})
         with pytest.raises(trio_websocket.ConnectionClosed) as info, trio.fail_after(5):
@@ -185,11 +194,13 @@ async def test_oversized_frame_is_closed_with_1009(nursery: trio.Nursery) -> Non
         assert info.value.reason is not None and info.value.reason.code == 1009
 
 
-async def test_require_user_refuses_anonymous(nursery: trio.Nursery) -> None:
-    hub = Hub([ServerChannel("chat")], authenticator=MemoryAuthenticator(), config=HubConfig(require_user=True))
-    port = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
+async def test_require_user_refuses_anonymous(nursery: trio.Nursery, transport: str) -> None:
+    config = HubConfig(require_user=True)
+    url, _ = await start_server(
+        nursery, transport, [ServerChannel("chat")], authenticator=MemoryAuthenticator(), config=config
+    )
     with pytest.raises(trio_websocket.ConnectionRejected) as info:
-        async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/"):
+        async with trio_websocket.open_websocket_url(url):
             pass  # pragma: no cover
     assert info.value.status_code == 401
 

@@ -34,7 +34,7 @@ from ._frames import (
     ServerFrame,
     Welcome,
 )
-from ._handshake import HandshakeRejected, token_from_request
+from ._handshake import HandshakeRejected, token_from_cookie, token_from_request
 from ._names import DEFAULT_MAX_ID_LENGTH, split_channel, validate_category
 
 __all__ = [
@@ -68,6 +68,7 @@ __all__ = [
     "parse_client_frame",
     "parse_server_frame",
     "split_channel",
+    "token_from_cookie",
     "token_from_request",
     "validate_category",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["HandshakeRejected", "token_from_request"]
+__all__ = ["HandshakeRejected", "token_from_cookie", "token_from_request"]
 
 
 class HandshakeRejected(Exception):
@@ -39,14 +39,8 @@ def token_from_request(target: str, headers: Iterable[tuple[bytes, bytes]]) -> s
             empty token: a client that sent credentials must not be silently
             treated as anonymous.
     """
-    authorization: bytes | None = None
-    cookie_headers: list[bytes] = []
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered == b"authorization" and authorization is None:
-            authorization = value
-        elif lowered == b"cookie":
-            cookie_headers.append(value)
+    headers = list(headers)
+    authorization = next((value for name, value in headers if name.lower() == b"authorization"), None)
 
     if authorization is not None:
         scheme, _, token = authorization.decode("latin-1").strip().partition(" ")
@@ -58,8 +52,19 @@ def token_from_request(target: str, headers: Iterable[tuple[bytes, bytes]]) -> s
     if "token" in query:
         return _non_empty(query["token"][0], "token query parameter")
 
-    for header in cookie_headers:
-        for part in header.decode("latin-1").split(";"):
+    return token_from_cookie(headers)
+
+
+def token_from_cookie(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The ``authToken`` cookie's value, if the request carries one.
+
+    Raises:
+        HandshakeRejected: 401 if the cookie is present but empty.
+    """
+    for name, value in headers:
+        if name.lower() != b"cookie":
+            continue
+        for part in value.decode("latin-1").split(";"):
             key, sep, cookie = part.strip().partition("=")
             if sep and key == "authToken":
                 return _non_empty(cookie.strip().strip('"'), "authToken cookie")

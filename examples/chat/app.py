@@ -1,0 +1,67 @@
+"""The chat example: rooms, a name, messages through a validated mutation,
+and a staff-only room guarded by access control.
+
+Run it with ``.venv/bin/modelence-trio examples.chat.app:app`` (or
+``hypercorn --worker-class trio examples.chat.app:app``) and open
+http://127.0.0.1:8000/ in two browser windows. Signing in is typing a name
+(the development authenticator: anyone can be anyone); ``alice`` is staff.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from modelence_trio import (
+    App,
+    ChannelContext,
+    DevelopmentAuthenticator,
+    HubConfig,
+    MethodContext,
+    MethodError,
+    Module,
+    ServerChannel,
+)
+
+#: Rooms the page lists; any other id is a room too (``chat:<anything>``).
+ROOMS = {"lobby": "Lobby", "random": "Random", "staff": "Staff only"}
+MAX_TEXT = 500
+
+
+def can_access(ctx: ChannelContext) -> bool:
+    """Anyone may read any room except ``staff``, which needs the staff role.
+    The decision sees the channel id: the reference's access checks cannot."""
+    return ctx.channel_id != "staff" or "staff" in ctx.roles
+
+
+chat: ServerChannel[dict[str, Any]] = ServerChannel("chat", can_access=can_access)
+
+
+def send_message(args: dict[str, Any], ctx: MethodContext) -> dict[str, Any]:
+    room, text = args.get("room"), args.get("text")
+    if not isinstance(room, str) or not 1 <= len(room) <= 64:
+        raise MethodError("'room' must be a string of 1 to 64 characters")
+    if not isinstance(text, str) or not text.strip():
+        raise MethodError("'text' must be a non-empty string")
+    if len(text) > MAX_TEXT:
+        raise MethodError(f"'text' may be at most {MAX_TEXT} characters")
+    if ctx.user is None:
+        raise MethodError("sign in to post", status=401, code="sign_in_required")
+    if room == "staff" and "staff" not in ctx.roles:
+        raise MethodError("only staff may post in the staff room", status=403, code="access_denied")
+    message = {"author": ctx.user.handle, "text": text.strip(), "at": time.time()}
+    chat.broadcast(room, message)
+    return message
+
+
+def rooms(args: dict[str, Any], ctx: MethodContext) -> list[dict[str, Any]]:
+    return [{"id": room, "title": title, "private": room == "staff"} for room, title in ROOMS.items()]
+
+
+app = App(
+    [Module("chat", channels=[chat], mutations={"sendMessage": send_message}, queries={"rooms": rooms})],
+    authenticator=DevelopmentAuthenticator(roles={"alice": ["staff"]}),
+    config=HubConfig(authenticated_roles=["user"]),
+    static_dir=Path(__file__).parent / "static",
+)

@@ -1,0 +1,272 @@
+"""Modelence-style apps: modules of channels and methods, served as one ASGI app."""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import attrs
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from ._asgi import Receive, Scope, Send, serve_asgi_websocket
+from ._auth import Authenticator
+from ._channel import ServerChannel
+from ._hub import Hub, HubConfig
+from ._methods import HttpResponse, Method, call_method
+
+__all__ = ["App", "Module"]
+
+logger = logging.getLogger("modelence_trio")
+
+METHOD_PREFIX = "/api/_internal/method/"
+CLIENT_PREFIX = "/_modelence/"
+#: The JavaScript client and its type declarations, served by every app under CLIENT_PREFIX.
+CLIENT_FILES = {"modelence.js": "text/javascript", "modelence.d.ts": "text/plain"}
+
+
+def _methods(methods: Mapping[str, Method]) -> dict[str, Method]:
+    return dict(methods)
+
+
+def _channels(channels: Iterable[ServerChannel[Any]]) -> tuple[ServerChannel[Any], ...]:
+    return tuple(channels)
+
+
+@attrs.frozen
+class Module:
+    """A named group of channels and methods, as ``new Module(name, {...})`` in Modelence.
+
+    Methods are called as ``<module>.<method>``; mutations and queries differ
+    only in intent (both are ``POST`` calls) and share one namespace.
+
+    >>> chat = ServerChannel("chat")
+    >>> def send_message(args, ctx):
+    ...     chat.broadcast(args["room"], {"text": args["text"]})
+    >>> Module("chat", channels=[chat], mutations={"sendMessage": send_message})
+    """
+
+    name: str
+    channels: tuple[ServerChannel[Any], ...] = attrs.field(default=(), converter=_channels)
+    mutations: dict[str, Method] = attrs.field(factory=dict, converter=_methods)
+    queries: dict[str, Method] = attrs.field(factory=dict, converter=_methods)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.name or "." in self.name or "/" in self.name:
+            raise ValueError(f"a module name must be non-empty, without '.' or '/': {self.name!r}")
+        for name in (*self.mutations, *self.queries):
+            if not name or "." in name or "/" in name:
+                raise ValueError(f"method name {name!r} in module {self.name!r} must be non-empty, without '.' or '/'")
+        both = self.mutations.keys() & self.queries.keys()
+        if both:
+            raise ValueError(f"module {self.name!r} has {sorted(both)} as both a mutation and a query")
+
+
+class App:
+    """The whole server of a Modelence-style app (the reference's ``startApp``).
+
+    It is an ASGI application: the WebSocket endpoint at ``websocket_path``,
+    the methods at ``POST /api/_internal/method/<module>.<method>``, the
+    JavaScript client at ``/_modelence/client.js`` and, if given,
+    ``static_dir`` (``index.html`` at ``/``). Serve it with
+    ``hypercorn --worker-class trio mymodule:app``, with the command line
+    ``modelence-trio mymodule:app``, or from a Trio program with
+    :meth:`serve`. Its hub (``app.hub``) can also be served by
+    :func:`serve_websocket` on another port, the faster transport.
+
+    Example::
+
+        chat = ServerChannel("chat")
+        app = App([Module("chat", channels=[chat], mutations={"send": send})],
+                  authenticator=MemoryAuthenticator(),
+                  config=HubConfig(authenticated_roles=["user"]))
+    """
+
+    def __init__(
+        self,
+        modules: Iterable[Module],
+        *,
+        authenticator: Authenticator | None = None,
+        config: HubConfig = HubConfig(),
+        websocket_path: str = "/ws",
+        static_dir: str | Path | None = None,
+        max_request_size: int = 1024 * 1024,
+    ) -> None:
+        self.modules = tuple(modules)
+        channels: dict[str, str] = {}
+        self._methods: dict[str, Method] = {}
+        names: set[str] = set()
+        for module in self.modules:
+            if module.name in names:
+                raise ValueError(f"two modules are named {module.name!r}")
+            names.add(module.name)
+            for channel in module.channels:
+                if channel.category in channels:
+                    raise ValueError(
+                        f"channel category {channel.category!r} is declared by module "
+                        f"{channels[channel.category]!r} and by module {module.name!r}"
+                    )
+                channels[channel.category] = module.name
+            for name, method in (*module.mutations.items(), *module.queries.items()):
+                self._methods[f"{module.name}.{name}"] = method
+        if not websocket_path.startswith("/"):
+            raise ValueError(f"websocket_path must start with '/': {websocket_path!r}")
+        self.hub = Hub([c for m in self.modules for c in m.channels], authenticator=authenticator, config=config)
+        self.websocket_path = websocket_path
+        self.static_dir = Path(static_dir).resolve() if static_dir is not None else None
+        if self.static_dir is not None and not self.static_dir.is_dir():
+            raise ValueError(f"static_dir is not a directory: {self.static_dir}")
+        self.max_request_size = max_request_size
+        self._hub_running = False
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(self._methods)
+
+    # --- serving it ---------------------------------------------------------------
+
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        *,
+        shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
+        task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve the app with hypercorn in this Trio program.
+
+        ``nursery.start(app.serve, host, port)`` returns the URLs it listens
+        on (port 0 picks a free one). When ``shutdown_trigger`` returns, the
+        shutdown is graceful: new WebSockets get 503, every connection
+        flushes what is queued and closes with 1001 (within
+        ``HubConfig.shutdown_grace``), then the server stops. Cancelling this
+        task shuts down the same way, but the server stops listening at once.
+        """
+        config = hypercorn.config.Config()
+        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        config.websocket_max_message_size = self.hub.config.max_frame_size
+        config.websocket_ping_interval = self.hub.config.heartbeat_interval
+        config.graceful_timeout = self.hub.config.shutdown_grace
+        config.accesslog = None
+        config.errorlog = logging.getLogger("hypercorn.error")
+
+        async def drain_then_stop() -> None:
+            await (shutdown_trigger or trio.sleep_forever)()
+            self.hub.begin_shutdown()
+            grace = self.hub.config.shutdown_grace + self.hub.config.close_timeout
+            with trio.move_on_after(grace):
+                while self.hub.statistics().connections:
+                    await trio.sleep(0.05)
+
+        await hypercorn.trio.serve(
+            self,  # type: ignore[arg-type]  # hypercorn's Framework type wants its own TypedDicts
+            config,
+            shutdown_trigger=drain_then_stop,
+            task_status=task_status,
+            mode="asgi",
+        )
+
+    # --- ASGI -----------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            if scope["path"] != self.websocket_path:
+                await send({"type": "websocket.close", "code": 1008, "reason": "no WebSocket endpoint here"})
+                return
+            if not self._hub_running:
+                logger.warning("a WebSocket arrived but the hub is not running: serve the app with ASGI lifespan on")
+            await serve_asgi_websocket(self.hub, scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        """The app's background work (the hub's heartbeats and session
+        checks) lives in a nursery owned by the server's lifespan task."""
+        if (await receive())["type"] != "lifespan.startup":
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.hub.run)
+            self._hub_running = True
+            await send({"type": "lifespan.startup.complete"})
+            await receive()  # lifespan.shutdown
+            nursery.cancel_scope.cancel()
+        self._hub_running = False
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        verb: str = scope["method"]
+        if path.startswith(METHOD_PREFIX):
+            if verb != "POST":
+                response = HttpResponse(405, b"methods are called with POST", ((b"allow", b"POST"),))
+            else:
+                body = await _read_body(receive, self.max_request_size)
+                if body is None:
+                    response = HttpResponse(413, b"request body too large")
+                else:
+                    name = path.removeprefix(METHOD_PREFIX)
+                    response = await call_method(self.hub, self._methods, name, scope["headers"], body)
+        elif verb not in ("GET", "HEAD"):
+            response = HttpResponse(405, b"method not allowed", ((b"allow", b"GET, HEAD"),))
+        else:
+            response = self._file(path)
+        await _respond(send, response, head=verb == "HEAD")
+
+    def _file(self, path: str) -> HttpResponse:
+        if path.startswith(CLIENT_PREFIX) and path.removeprefix(CLIENT_PREFIX) in CLIENT_FILES:
+            name = path.removeprefix(CLIENT_PREFIX)
+            return _static(_client_file(name), CLIENT_FILES[name])
+        if self.static_dir is None:
+            return HttpResponse(404, b"not found")
+        relative = path.lstrip("/") or "index.html"
+        target = (self.static_dir / relative).resolve()
+        if target.is_dir():
+            target = target / "index.html"
+        if not target.is_relative_to(self.static_dir) or not target.is_file():
+            return HttpResponse(404, b"not found")
+        content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        return _static(target.read_bytes(), content_type)
+
+
+def _client_file(name: str) -> bytes:
+    return resources.files("modelence_trio").joinpath("client", name).read_bytes()
+
+
+def _static(body: bytes, content_type: str) -> HttpResponse:
+    if content_type.startswith("text/"):
+        content_type += "; charset=utf-8"
+    return HttpResponse(200, body, ((b"content-type", content_type.encode()), (b"cache-control", b"no-cache")))
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, or ``None`` once it grows past ``limit``."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b""
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _respond(send: Send, response: HttpResponse, *, head: bool = False) -> None:
+    headers = list(response.headers)
+    if not any(name == b"content-type" for name, _ in headers):
+        headers.append((b"content-type", b"text/plain; charset=utf-8"))
+    headers.append((b"content-length", str(len(response.body)).encode()))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else response.body})

@@ -1,0 +1,134 @@
+"""The ASGI transport: a WebSocket accepted by an ASGI server (hypercorn),
+handed to the same connection core as the trio-websocket server.
+
+Under ASGI the server owns the socket and its framing, so this transport has
+no non-blocking fast path and cannot ping (the server may: hypercorn's
+``websocket_ping_interval``). Everything else, from the handshake's
+authentication to slow-consumer cut-offs, is the hub's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from typing import Any
+
+import trio
+
+from ._hub import Hub
+from ._transport import SendResult, TransportClosed
+from ._wire import Outgoing
+from .protocol import CloseCode, HandshakeRejected
+
+__all__ = ["AsgiTransport", "serve_asgi_websocket"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class AsgiTransport:
+    """An accepted ASGI WebSocket seen as a ``Transport``."""
+
+    def __init__(self, receive: Receive, send: Send, max_frame_size: int) -> None:
+        self._receive = receive
+        self._send = send
+        self._max_frame_size = max_frame_size
+        self._closed = False  # disconnected, or our close was sent
+
+    async def run(self, on_message: Callable[[str | bytes], Awaitable[None]]) -> None:
+        while True:
+            event = await self._receive()
+            kind = event["type"]
+            if kind == "websocket.disconnect":
+                self._closed = True
+                return
+            if kind != "websocket.receive" or self._closed:
+                continue
+            text = event.get("text")
+            message: str | bytes | None = text if text is not None else event.get("bytes")
+            if message is None:
+                continue
+            if _too_big(message, self._max_frame_size):
+                # The server's own limit may be higher than the hub's (plain hypercorn: 16 MiB).
+                await self.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
+                continue
+            await on_message(message)
+
+    async def send(self, frames: Sequence[Outgoing]) -> None:
+        for frame in frames:
+            if self._closed:
+                raise TransportClosed("the WebSocket is closed")
+            await self._send({"type": "websocket.send", "text": frame.text})
+
+    def send_nowait(self, wire: bytes) -> SendResult:
+        return SendResult.QUEUE  # every send goes through the server's framing
+
+    def ping_nowait(self) -> None:
+        return None
+
+    async def close(self, code: int, reason: str) -> None:
+        """Send the close frame. The server completes the closing handshake
+        (ASGI gives the app no part in it), so there is nothing to wait for."""
+        if not self._closed:
+            self._closed = True
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+
+def _too_big(message: str | bytes, limit: int) -> bool:
+    if isinstance(message, bytes) or len(message) > limit:
+        return len(message) > limit
+    # A str of n characters encodes to n..4n bytes: encode only when it matters.
+    return len(message) * 4 > limit and len(message.encode("utf-8", "surrogatepass")) > limit
+
+
+async def serve_asgi_websocket(hub: Hub, scope: Scope, receive: Receive, send: Send) -> None:
+    """Serve one ASGI ``websocket`` scope with ``hub`` until it closes.
+
+    The handshake is authenticated before it is accepted; a refusal is an HTTP
+    response with the hub's status (401, 503) where the server supports the
+    ASGI denial response, and otherwise a close before accepting (which the
+    server turns into 403). The connection gets its own nursery under the
+    hub's shield, as with trio-websocket. The ASGI server cancels this task
+    only when it shuts down (hypercorn: after ``graceful_timeout``); that
+    cancellation starts the hub's graceful shutdown, so every connection
+    still flushes and closes with 1001.
+    """
+    if (await receive())["type"] != "websocket.connect":
+        return
+    target = scope.get("path", "/")
+    if scope.get("query_string"):
+        target += "?" + scope["query_string"].decode("latin-1")
+    try:
+        identity = await hub.authenticate(target, scope.get("headers", []))
+    except HandshakeRejected as exc:
+        await _refuse(scope, send, exc)
+        return
+    await send({"type": "websocket.accept"})
+    transport = AsgiTransport(receive, send, hub.config.max_frame_size)
+    finished = False
+
+    async def shut_down_when_cancelled() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            if not finished:
+                hub.begin_shutdown()
+
+    async with trio.open_nursery() as guard:
+        guard.start_soon(shut_down_when_cancelled)
+        async with trio.open_nursery() as nursery:
+            with hub.shield_connection(nursery):
+                await hub.serve_connection(transport, identity, nursery)
+                nursery.cancel_scope.cancel()
+        finished = True
+        guard.cancel_scope.cancel()
+
+
+async def _refuse(scope: Scope, send: Send, exc: HandshakeRejected) -> None:
+    if "websocket.http.response" in scope.get("extensions", {}):
+        headers = [(b"content-type", b"text/plain; charset=utf-8")]
+        await send({"type": "websocket.http.response.start", "status": exc.status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": exc.reason.encode()})
+    else:
+        await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION, "reason": exc.reason})

@@ -1,0 +1,68 @@
+"""``modelence-trio APP``: serve an app by import path, shut down gracefully on SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from functools import partial
+
+import trio
+
+from ._app import App
+
+__all__ = ["main"]
+
+
+def load_app(path: str) -> App:
+    """Import ``module:attribute`` (``attribute`` defaults to ``app``), from the current directory too."""
+    module_name, _, attribute = path.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(module_name)
+    app = getattr(module, attribute or "app", None)
+    if not isinstance(app, App):
+        raise SystemExit(f"modelence-trio: {path} is not a modelence_trio.App (got {type(app).__name__})")
+    return app
+
+
+async def serve(app: App, host: str, port: int) -> None:
+    """Serve ``app`` until SIGTERM or SIGINT: the first drains and closes every
+    connection with 1001 within the hub's grace period; a second stops at once."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    if stop.is_set():
+                        nursery.cancel_scope.cancel()
+                    print(f"modelence-trio: {signal.Signals(signum).name}, shutting down", file=sys.stderr, flush=True)
+                    stop.set()
+
+            async def run(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+                await app.serve(host, port, shutdown_trigger=stop.wait, task_status=task_status)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_signals)
+            for url in await nursery.start(run):
+                ws = url.replace("http", "ws", 1) + app.websocket_path
+                print(f"modelence-trio: serving on {url} (WebSocket: {ws})", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="modelence-trio", description="Serve a modelence-trio App with hypercorn.")
+    parser.add_argument("app", help="import path of the App, as module:attribute (default attribute: app)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument(
+        "--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: %(default)s)"
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    app = load_app(args.app)
+    trio.run(partial(serve, app, args.host, args.port))

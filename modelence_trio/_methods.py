@@ -1,0 +1,140 @@
+"""Methods (mutations and queries) called over HTTP, as in Modelence.
+
+``POST /api/_internal/method/<module>.<method>`` with a JSON body
+``{"args": {...}, "authToken": "...", "clientInfo": {...}}``. The call is
+handled here as a plain request-to-response function, with no ASGI in
+sight, so it is tested without a server; the ASGI edge only moves bytes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from ._auth import Identity, User
+from ._hub import Hub
+from .protocol import HandshakeRejected, token_from_cookie
+
+__all__ = ["HttpResponse", "Method", "MethodContext", "MethodError", "call_method"]
+
+logger = logging.getLogger("modelence_trio")
+
+ERROR_CODE_HEADER = b"x-modelence-error-code"
+
+
+@attrs.frozen
+class MethodContext:
+    """Who calls a method: what the session token resolved to, with the app's
+    default roles, plus the ``clientInfo`` the client sent (untrusted)."""
+
+    identity: Identity
+    method: str
+    client_info: Any = None
+
+    @property
+    def user(self) -> User | None:
+        return self.identity.user
+
+    @property
+    def session(self) -> Any:
+        return self.identity.session
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return self.identity.roles
+
+
+#: ``def method(args, ctx)``, plain or ``async``; returns JSON-serialisable data.
+Method = Callable[[dict[str, Any], MethodContext], Any]
+
+
+class MethodError(Exception):
+    """Raise it from a method to fail the call with a status the client may act on.
+
+    The message is sent to the client as the response body, so it must not
+    hold secrets. Any other exception is a 500 with a generic body (logged
+    here, never shown to the client).
+
+    >>> raise MethodError("text must not be empty")                       # 400
+    >>> raise MethodError("members only", status=403, code="forbidden")   # 403
+    """
+
+    def __init__(self, message: str, *, status: int = 400, code: str = "invalid_arguments") -> None:
+        super().__init__(message)
+        if not 400 <= status <= 599:
+            raise ValueError(f"a method error needs a 4xx or 5xx status, not {status}")
+        self.message = message
+        self.status = status
+        self.code = code
+
+
+@attrs.frozen
+class HttpResponse:
+    status: int
+    body: bytes
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+def _failure(status: int, code: str, message: str) -> HttpResponse:
+    headers = ((b"content-type", b"text/plain; charset=utf-8"), (ERROR_CODE_HEADER, code.encode()))
+    return HttpResponse(status, message.encode(), headers)
+
+
+_AUTH_CODES = {401: "invalid_token", 503: "auth_unavailable"}
+
+
+async def call_method(
+    hub: Hub,
+    methods: Mapping[str, Method],
+    name: str,
+    headers: Iterable[tuple[bytes, bytes]],
+    body: bytes,
+) -> HttpResponse:
+    """Run the method ``name`` for one HTTP request and say what to answer.
+
+    Token precedence: the ``authToken`` cookie, then the body's ``authToken``
+    (as in the reference). A token that does not resolve is a 401, not an
+    anonymous call, as at the WebSocket handshake.
+    """
+    method = methods.get(name)
+    if method is None:
+        return _failure(404, "unknown_method", f"no method named {name!r}")
+    headers = list(headers)
+    content_type = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+    if content_type.split(b";")[0].strip().lower() != b"application/json":
+        # Also what stops a cross-site <form> from calling methods with the user's cookie.
+        return _failure(415, "unsupported_media_type", "send the request body as application/json")
+    try:
+        request = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return _failure(400, "invalid_request", "the request body is not valid JSON")
+    if not isinstance(request, dict):
+        return _failure(400, "invalid_request", "the request body must be a JSON object")
+    args = request.get("args", {})
+    body_token = request.get("authToken")
+    if not isinstance(args, dict):
+        return _failure(400, "invalid_arguments", "'args' must be a JSON object")
+    if body_token is not None and not isinstance(body_token, str):
+        return _failure(400, "invalid_request", "'authToken' must be a string")
+    try:
+        token = token_from_cookie(headers) or body_token or None
+        identity = await hub.identify(token)
+    except HandshakeRejected as exc:
+        return _failure(exc.status, _AUTH_CODES.get(exc.status, "unauthenticated"), exc.reason)
+    ctx = MethodContext(identity, name, request.get("clientInfo"))
+    try:
+        result = method(args, ctx)
+        if inspect.isawaitable(result):
+            result = await result
+        data = json.dumps({"data": result}, ensure_ascii=False, allow_nan=False).encode()
+    except MethodError as exc:
+        return _failure(exc.status, exc.code, exc.message)
+    except Exception:
+        logger.exception("method %s failed", name)
+        return _failure(500, "internal_error", "internal error")
+    return HttpResponse(200, data, ((b"content-type", b"application/json"),))

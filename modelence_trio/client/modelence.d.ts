@@ -1,0 +1,76 @@
+// Types for modelence.js, the modelence-trio browser client (protocol v1, see protocol.md).
+
+export type ConnectionStatus = "connecting" | "open" | "reconnecting" | "closed";
+
+/** Where a message came from: the full channel name and its id part. */
+export interface MessageSource {
+  channel: string;
+  id: string;
+}
+
+/** A call to a method failed: `status` is the HTTP status, `code` the X-Modelence-Error-Code header. */
+export class MethodError extends Error {
+  readonly status: number;
+  readonly code: string | null;
+  constructor(message: string, status: number, code: string | null);
+}
+
+/** The server refused a join; `code` is one of protocol.md's error codes (e.g. "access_denied"). */
+export class JoinError extends Error {
+  readonly channel: string;
+  readonly code: string;
+  constructor(channel: string, code: string, message: string);
+}
+
+export interface ClientChannelOptions {
+  /** Called when a join of this category is refused. */
+  onJoinError?: (error: JoinError) => void;
+}
+
+export class ClientChannel<T = unknown> {
+  readonly category: string;
+  onMessage: (data: T, source: MessageSource) => void;
+  onJoinError?: (error: JoinError) => void;
+  constructor(category: string, onMessage: (data: T, source: MessageSource) => void, options?: ClientChannelOptions);
+  /** Join `${category}:${id}`; resolves once joined, rejects with JoinError if refused.
+   * Re-joined automatically after every reconnect until left. */
+  joinChannel(id: string): Promise<void>;
+  /** Leave `${category}:${id}`. */
+  leaveChannel(id: string): Promise<void>;
+}
+
+export interface Backoff {
+  /** Milliseconds before the first reconnect attempt (default 500). */
+  initial?: number;
+  /** Growth of the delay per failed attempt (default 2). */
+  factor?: number;
+  /** Longest delay in milliseconds (default 10000). Each delay is jittered down by up to half. */
+  maximum?: number;
+}
+
+export interface WebsocketsOptions {
+  channels?: ClientChannel<any>[];
+  /** Default: ws(s)://<this page's host>/ws */
+  url?: string;
+  /** Session token, sent as the `token` query parameter (and by callMethod). */
+  token?: string | null;
+  onJoinError?: (error: JoinError) => void;
+  onStatusChange?: (status: ConnectionStatus) => void;
+  backoff?: Backoff;
+  /** Milliseconds between client pings (default 25000) and to wait for the pong (default 20000). */
+  pingInterval?: number;
+  pingTimeout?: number;
+}
+
+export interface Websockets {
+  readonly status: ConnectionStatus;
+}
+
+/** Connect once; a second call warns and returns the existing connection. */
+export function startWebsockets(options?: WebsocketsOptions): Websockets;
+/** Close the connection for good (no reconnect). */
+export function stopWebsockets(): void;
+/** Set (or clear) the session token used by the WebSocket and callMethod. */
+export function setAuthToken(token: string | null | undefined): void;
+/** Call `module.method`; resolves with the method's data, rejects with MethodError. */
+export function callMethod<R = unknown>(name: string, args?: Record<string, unknown>): Promise<R>;

@@ -1,0 +1,335 @@
+// modelence-trio browser client: the Modelence client API over protocol v1
+// (protocol.md). One dependency-free ES module, served by every App at
+// /_modelence/modelence.js; types in modelence.d.ts beside it.
+//
+//   import { startWebsockets, ClientChannel, callMethod } from "/_modelence/modelence.js";
+//   const chat = new ClientChannel("chat", (data, { id }) => show(id, data));
+//   startWebsockets({ channels: [chat], token });
+//   await chat.joinChannel("lobby");
+//   await callMethod("chat.sendMessage", { room: "lobby", text: "hi" });
+//
+// Unlike the reference client, it re-joins every joined channel after a
+// reconnect, and join refusals reach the app (a rejected promise and the
+// onJoinError callbacks), not only the console.
+
+const PROTOCOL = 1;
+
+/** A call to a method failed: `status` is the HTTP status, `code` the X-Modelence-Error-Code. */
+export class MethodError extends Error {
+  constructor(message, status, code) {
+    super(message);
+    this.name = "MethodError";
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/** The server refused to join a channel (`code`: access_denied, unknown_channel, ...). */
+export class JoinError extends Error {
+  constructor(channel, code, message) {
+    super(`${channel}: ${message}`);
+    this.name = "JoinError";
+    this.channel = channel;
+    this.code = code;
+  }
+}
+
+const settings = { token: undefined, baseUrl: "" };
+let connection = null;
+
+/** Set (or clear, with null) the session token used by the WebSocket and by callMethod. */
+export function setAuthToken(token) {
+  settings.token = token ?? undefined;
+}
+
+export class ClientChannel {
+  /**
+   * @param category the part of channel names before the ":"
+   * @param onMessage called as onMessage(data, { channel, id }) for every message
+   * @param options.onJoinError called as onJoinError(error) when a join of this category is refused
+   */
+  constructor(category, onMessage, options = {}) {
+    if (!category || category.includes(":")) {
+      throw new TypeError(`a channel category must be non-empty and without ':': ${category}`);
+    }
+    this.category = category;
+    this.onMessage = onMessage;
+    this.onJoinError = options.onJoinError;
+  }
+
+  /** Join `${category}:${id}`; resolves once joined, rejects with JoinError if refused.
+   * Joins made before the connection is up are sent when it is. */
+  joinChannel(id) {
+    return requireConnection().join(this, `${this.category}:${id}`);
+  }
+
+  /** Leave `${category}:${id}`; resolves once left (at once if not connected). */
+  leaveChannel(id) {
+    return requireConnection().leave(`${this.category}:${id}`);
+  }
+}
+
+/**
+ * Connect once (a second call warns and does nothing), as in Modelence.
+ * @param options.channels the ClientChannel objects whose messages to receive
+ * @param options.url WebSocket URL (default: ws(s)://<this host>/ws)
+ * @param options.token session token (default: none; setAuthToken also sets it)
+ * @param options.onJoinError called for every refused join
+ * @param options.onStatusChange called with "connecting" | "open" | "reconnecting" | "closed"
+ * @param options.backoff { initial, factor, maximum } in milliseconds, for reconnects
+ */
+export function startWebsockets(options = {}) {
+  if (connection !== null) {
+    console.warn("modelence-trio: startWebsockets was called again; the connection already exists");
+    return connection;
+  }
+  if (options.token !== undefined) setAuthToken(options.token);
+  connection = new Connection(options);
+  connection.open();
+  return connection;
+}
+
+/** Close the connection for good (no reconnect); startWebsockets may be called again afterwards. */
+export function stopWebsockets() {
+  if (connection !== null) {
+    connection.close();
+    connection = null;
+  }
+}
+
+/** Call a method `module.method` over HTTP; resolves with its data, rejects with MethodError. */
+export async function callMethod(name, args = {}) {
+  const response = await fetch(`${settings.baseUrl}/api/_internal/method/${name}`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ args, authToken: settings.token ?? null, clientInfo: clientInfo() }),
+  });
+  if (!response.ok) {
+    const text = await response.text();
+    throw new MethodError(text || response.statusText, response.status, response.headers.get("X-Modelence-Error-Code"));
+  }
+  return (await response.json()).data;
+}
+
+function clientInfo() {
+  if (typeof window === "undefined") return {};
+  return {
+    screenWidth: window.screen?.width,
+    screenHeight: window.screen?.height,
+    windowWidth: window.innerWidth,
+    windowHeight: window.innerHeight,
+    pixelRatio: window.devicePixelRatio,
+  };
+}
+
+function requireConnection() {
+  if (connection === null) throw new Error("modelence-trio: call startWebsockets first");
+  return connection;
+}
+
+function defaultUrl() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  return `${scheme}://${location.host}/ws`;
+}
+
+class Connection {
+  constructor(options) {
+    this.url = options.url ?? defaultUrl();
+    this.categories = new Map((options.channels ?? []).map((c) => [c.category, c]));
+    this.onJoinError = options.onJoinError;
+    this.onStatusChange = options.onStatusChange;
+    this.backoff = { initial: 500, factor: 2, maximum: 10000, ...options.backoff };
+    this.pingInterval = options.pingInterval ?? 25000;
+    this.pingTimeout = options.pingTimeout ?? 20000;
+    this.joined = new Map(); // channel name -> ClientChannel: what to (re-)join
+    this.pending = new Map(); // ref -> { resolve, reject }
+    this.nextRef = 1;
+    this.ws = null;
+    this.ready = false; // welcome received on the current socket
+    this.attempt = 0;
+    this.stopped = false;
+    this.timers = new Set();
+    this.status = "closed";
+  }
+
+  setStatus(status) {
+    if (status !== this.status) {
+      this.status = status;
+      this.onStatusChange?.(status);
+    }
+  }
+
+  open() {
+    if (this.stopped) return;
+    this.setStatus(this.attempt === 0 ? "connecting" : "reconnecting");
+    const url = new URL(this.url, typeof location === "undefined" ? undefined : location.href);
+    if (settings.token) url.searchParams.set("token", settings.token);
+    const ws = new WebSocket(url);
+    this.ws = ws;
+    ws.onmessage = (event) => this.receive(event.data);
+    ws.onclose = () => this.lost(ws);
+  }
+
+  lost(ws) {
+    if (ws !== this.ws) return;
+    this.ws = null;
+    this.ready = false;
+    this.clearTimers();
+    for (const { reject } of this.pending.values()) reject(new Error("connection lost"));
+    this.pending.clear();
+    if (this.stopped) {
+      this.setStatus("closed");
+      return;
+    }
+    this.setStatus("reconnecting");
+    const { initial, factor, maximum } = this.backoff;
+    const delay = Math.min(maximum, initial * factor ** this.attempt) * (0.5 + Math.random() / 2);
+    this.attempt += 1;
+    this.later(() => this.open(), delay);
+  }
+
+  close() {
+    this.stopped = true;
+    this.clearTimers();
+    this.ws?.close(1000, "client closed");
+  }
+
+  later(fn, ms) {
+    const timer = setTimeout(() => {
+      this.timers.delete(timer);
+      fn();
+    }, ms);
+    this.timers.add(timer);
+    return timer;
+  }
+
+  clearTimers() {
+    for (const timer of this.timers) clearTimeout(timer);
+    this.timers.clear();
+  }
+
+  send(frame) {
+    this.ws.send(JSON.stringify(frame));
+  }
+
+  request(frame) {
+    const ref = this.nextRef++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(ref, { resolve, reject });
+      this.send({ ...frame, ref });
+    });
+  }
+
+  join(channel, name) {
+    this.categories.set(channel.category, this.categories.get(channel.category) ?? channel);
+    this.joined.set(name, channel);
+    const settled = this.waitFor(name);
+    if (this.ready) this.sendJoin(name);
+    return settled;
+  }
+
+  // A join settles when the server answers it, on this connection or, if
+  // this one drops first, on the next (which sends it again).
+  waitFor(name) {
+    return new Promise((resolve, reject) => {
+      const waiters = (this.waiting ??= new Map());
+      const list = waiters.get(name) ?? [];
+      list.push({ resolve, reject });
+      waiters.set(name, list);
+    });
+  }
+
+  sendJoin(name) {
+    this.request({ type: "join", channel: name }).then(
+      () => this.settle(name, null),
+      (error) => {
+        if (error instanceof JoinError) this.settle(name, error);
+      },
+    );
+  }
+
+  settle(name, error) {
+    const list = this.waiting?.get(name) ?? [];
+    this.waiting?.delete(name);
+    for (const waiter of list) (error ? waiter.reject(error) : waiter.resolve());
+  }
+
+  leave(name) {
+    this.joined.delete(name);
+    this.settle(name, new Error(`left ${name} before it was joined`));
+    if (!this.ready) return Promise.resolve();
+    return this.request({ type: "leave", channel: name }).then(() => undefined);
+  }
+
+  receive(text) {
+    let frame;
+    try {
+      frame = JSON.parse(text);
+    } catch {
+      console.warn("modelence-trio: a frame that is not JSON", text);
+      return;
+    }
+    switch (frame.type) {
+      case "welcome":
+        if (frame.protocol !== PROTOCOL) console.warn(`modelence-trio: server speaks protocol ${frame.protocol}`);
+        this.ready = true;
+        this.attempt = 0;
+        this.setStatus("open");
+        this.heartbeat();
+        for (const name of this.joined.keys()) this.sendJoin(name);
+        break;
+      case "message": {
+        const category = frame.channel.slice(0, frame.channel.indexOf(":"));
+        const channel = this.categories.get(category);
+        if (channel) channel.onMessage(frame.data, { channel: frame.channel, id: frame.channel.slice(category.length + 1) });
+        break;
+      }
+      case "join_error": {
+        const error = new JoinError(frame.channel, frame.code, frame.error);
+        const channel = this.joined.get(frame.channel);
+        this.joined.delete(frame.channel);
+        this.reply(frame.ref, error);
+        if (channel?.onJoinError) channel.onJoinError(error);
+        if (this.onJoinError) this.onJoinError(error);
+        if (!channel?.onJoinError && !this.onJoinError) console.warn("modelence-trio: join refused", error);
+        break;
+      }
+      case "error":
+        if (!this.reply(frame.ref, new Error(`${frame.code}: ${frame.error}`))) {
+          console.warn("modelence-trio: server error", frame);
+        }
+        break;
+      default:
+        this.reply(frame.ref, null, frame);
+    }
+  }
+
+  reply(ref, error, frame) {
+    const pending = ref === undefined ? undefined : this.pending.get(ref);
+    if (pending === undefined) return false;
+    this.pending.delete(ref);
+    error ? pending.reject(error) : pending.resolve(frame);
+    return true;
+  }
+
+  // Browsers answer the server's pings but cannot see them: our own pings
+  // tell a dead connection (sleeping laptop, dropped network) from a quiet one.
+  heartbeat() {
+    const ws = this.ws;
+    this.later(() => {
+      if (ws !== this.ws || !this.ready) return;
+      const timeout = this.later(() => {
+        ws.close(4000, "heartbeat timeout");
+        this.lost(ws); // at once: a dead network may never complete the close
+      }, this.pingTimeout);
+      this.request({ type: "ping" }).then(
+        () => {
+          clearTimeout(timeout);
+          this.timers.delete(timeout);
+          this.heartbeat();
+        },
+        () => {},
+      );
+    }, this.pingInterval);
+  }
+}

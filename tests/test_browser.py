@@ -1,0 +1,120 @@
+"""The chat example in a real headless Chromium, against the command line's server.
+
+Needs Debian's ``chromium`` (``.ci/run`` and ``scripts/setup-tests`` install it);
+Playwright drives it without downloading a browser of its own.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from .processes import CliServer, cli_server, start_cli
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+TIMEOUT = 10_000  # ms, for every wait on the page
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if shutil.which("chromium") is None:
+        pytest.fail("Chromium is missing: run scripts/setup-tests (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def server() -> Iterator[CliServer]:
+    with cli_server() as server:
+        yield server
+
+
+def open_chat(browser: Browser, server: CliServer, name: str, room: str = "lobby") -> Page:
+    """A page in its own browser context (its own storage), joined to ``room``."""
+    page = browser.new_context().new_page()
+    page.set_default_timeout(TIMEOUT)
+    page.goto(f"{server.url}/?name={name}&room={room}")
+    expect(page.locator("#status")).to_have_text("open")
+    expect(page.locator("#room-title")).to_have_attribute("data-joined", room)
+    return page
+
+
+def say(page: Page, text: str) -> None:
+    page.fill("#text", text)
+    page.click("#send button")
+    expect(page.locator("#text")).to_have_value("")  # the mutation succeeded
+
+
+def test_pages_in_a_room_see_each_other_and_other_rooms_do_not(browser: Browser, server: CliServer) -> None:
+    ann = open_chat(browser, server, "ann")
+    bob = open_chat(browser, server, "bob")
+    eve = open_chat(browser, server, "eve", room="random")
+    say(ann, "hello from ann")
+    say(bob, "hi ann")
+    for page in (ann, bob):
+        expect(page.locator("#messages li")).to_have_text(["annhello from ann", "bobhi ann"])
+    say(eve, "anyone?")
+    expect(eve.locator("#messages li")).to_have_text(["eveanyone?"])
+    # The lobby pages got nothing from the other room (their lists are unchanged).
+    say(ann, "last")
+    expect(bob.locator("#messages li")).to_have_count(3)
+    expect(bob.locator("#messages li").last).to_have_text("annlast")
+
+
+def test_switching_rooms_moves_the_page(browser: Browser, server: CliServer) -> None:
+    ann = open_chat(browser, server, "ann")
+    bob = open_chat(browser, server, "bob", room="random")
+    ann.click("#rooms button[data-room=random]")
+    expect(ann.locator("#room-title")).to_have_attribute("data-joined", "random")
+    say(bob, "welcome to random")
+    expect(ann.locator("#messages li")).to_have_text(["bobwelcome to random"])
+
+
+def test_private_room_shows_the_refusal(browser: Browser, server: CliServer) -> None:
+    bob = open_chat(browser, server, "bob")
+    bob.click("#rooms button[data-room=staff]")
+    expect(bob.locator("#notice")).to_contain_text("You cannot join #staff")
+    expect(bob.locator("#notice")).to_contain_text("access_denied")
+    alice = open_chat(browser, server, "alice", room="staff")  # alice is staff
+    say(alice, "staff meeting at 3")
+    expect(alice.locator("#messages li")).to_have_text(["alicestaff meeting at 3"])
+    # Bob cannot post there either: the mutation refuses, and the page says so.
+    say_refused = bob.locator("#notice")
+    bob.fill("#text", "let me in")
+    bob.click("#send button")
+    expect(say_refused).to_have_text("only staff may post in the staff room")
+    expect(bob.locator("#messages li")).to_have_count(0)
+
+
+def test_page_reconnects_and_rejoins_after_a_server_restart(browser: Browser, server: CliServer) -> None:
+    ann = open_chat(browser, server, "ann", room="random")
+    bob = open_chat(browser, server, "bob", room="random")
+    say(ann, "before")
+    expect(bob.locator("#messages li")).to_have_text(["annbefore"])
+
+    code, err = server.stop()
+    assert code == 0, err
+    expect(bob.locator("#status")).to_have_text("reconnecting")
+    restarted = start_cli(port=server.port)
+    try:
+        for page in (ann, bob):
+            expect(page.locator("#status")).to_have_text("open", timeout=20_000)
+        # Re-joined without the page doing anything: a message sent now arrives.
+        say(ann, "after the restart")
+        expect(bob.locator("#messages li")).to_have_text(["annbefore", "annafter the restart"])
+    finally:
+        restarted.stop()

@@ -1,0 +1,69 @@
+"""The command line as a real process: it serves an app by import path and
+shuts down gracefully on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import urllib.request
+
+import trio
+import trio_websocket
+
+from .helpers import receive_json, request
+from .processes import ROOT, cli_server, start_cli
+
+
+def post_method(url: str, name: str, args: dict[str, str], token: str) -> object:
+    body = json.dumps({"args": args, "authToken": token}).encode()
+    req = urllib.request.Request(
+        f"{url}/api/_internal/method/{name}", body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as response:
+        return json.loads(response.read())["data"]
+
+
+async def test_sigterm_delivers_what_was_broadcast_then_closes_with_1001() -> None:
+    server = await trio.to_thread.run_sync(start_cli)
+    try:
+        async with trio_websocket.open_websocket_url(server.ws_url) as ws:
+            await receive_json(ws)
+            assert (await request(ws, {"type": "join", "channel": "chat:lobby"}))["type"] == "joined"
+            # Broadcast (through the HTTP mutation) while this reader is not reading,
+            # then SIGTERM at once.
+            for n in range(100):
+                args = {"room": "lobby", "text": f"m{n}"}
+                await trio.to_thread.run_sync(post_method, server.url, "chat.sendMessage", args, "ann")
+            server.process.send_signal(signal.SIGTERM)
+            texts = [(await receive_json(ws))["data"]["text"] for _ in range(100)]
+            assert texts == [f"m{n}" for n in range(100)]
+            with trio.fail_after(10):
+                try:
+                    await ws.get_message()
+                except trio_websocket.ConnectionClosed as exc:
+                    assert exc.reason is not None
+                    assert exc.reason.code == 1001
+                else:
+                    raise AssertionError("expected close 1001")
+        code, err = await trio.to_thread.run_sync(server.stop)
+        assert code == 0, err
+        assert "SIGTERM, shutting down" in err
+    finally:
+        await trio.to_thread.run_sync(server.stop, signal.SIGKILL)
+
+
+def test_refuses_what_is_not_an_app() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "modelence_trio", "examples.chat.app:chat"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "is not a modelence_trio.App" in result.stderr
+
+
+def test_sigint_stops_cleanly() -> None:
+    with cli_server() as server:
+        code, err = server.stop(signal.SIGINT)
+        assert code == 0, err
+        assert "SIGINT, shutting down" in err
