@@ -1,13 +1,15 @@
 """modelence-trio as a server for the shared fan-out harness (`jsonws` protocol).
 
     bench.py --server-cmd "/path/to/.venv/bin/python bench/peer_server.py --port {port}" --server-name modelence-trio
+    bench.py --server-cmd ".../python bench/peer_server.py --transport hypercorn --port {port}" ...
 
 WebSocket clients join `chat:*` or `user:*` channels with protocol v1 (the
 harness's join/joined/message frames are a subset of it). A plain HTTP
 `GET /bench/broadcast?...` on the same port runs the broadcast loop the
 harness's README describes, inside the server, through `ServerChannel.broadcast`,
 and answers once it is done. Everything else on the port is the real
-`serve_websocket` code path.
+`serve_websocket` code path, or with `--transport hypercorn` the real `App`
+under hypercorn (ASGI), with the control endpoint as a route in front of it.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import hypercorn.config
+import hypercorn.trio
 import trio
 
-from modelence_trio import Hub, HubConfig, ServerChannel
+from modelence_trio import App, Hub, HubConfig, Module, ServerChannel
 from modelence_trio._serve import serve_stream
 
 PAD = "x" * 56
@@ -146,13 +150,17 @@ async def handle(hub: Hub, stream: trio.SocketStream) -> None:
     await serve_stream(hub, ReplayStream(stream, head))
 
 
-async def main(port: int, gc_mode: str) -> None:
-    hub = Hub(channels.values(), config=HubConfig())
-    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+def tune_gc(gc_mode: str) -> None:
     if gc_mode == "tuned":
         gc.collect()
         gc.freeze()
         gc.set_threshold(100_000, 50, 1000)
+
+
+async def main(port: int, gc_mode: str) -> None:
+    hub = Hub(channels.values(), config=HubConfig())
+    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+    tune_gc(gc_mode)
     print(f"modelence-trio peer server on port {port} (gc={gc_mode})", flush=True)
 
     async def handler(stream: trio.SocketStream) -> None:
@@ -161,10 +169,39 @@ async def main(port: int, gc_mode: str) -> None:
     await trio.serve_listeners(handler, listeners)
 
 
+async def main_hypercorn(port: int, gc_mode: str) -> None:
+    """The same, with the App under hypercorn: what `modelence-trio` and
+    `hypercorn --worker-class trio` run."""
+    app = App(
+        [Module("bench", channels=channels.values())], config=HubConfig(), websocket_path="/"
+    )  # the harness dials "/"
+
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/bench/"):
+            await app(scope, receive, send)
+            return
+        body = b"ok"
+        if scope["path"] == "/bench/broadcast":
+            body = json.dumps(await run_broadcast(parse_qs(scope["query_string"].decode()))).encode()
+        elif scope["path"] == "/bench/stats":
+            body = json.dumps(stats(app.hub)).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+    config = hypercorn.config.Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    config.backlog = 4096
+    tune_gc(gc_mode)
+    print(f"modelence-trio peer server (hypercorn) on port {port} (gc={gc_mode})", flush=True)
+    await hypercorn.trio.serve(asgi, config, mode="asgi")  # type: ignore[arg-type]
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--gc", choices=["default", "tuned"], default="tuned")
+    parser.add_argument("--transport", choices=["trio-websocket", "hypercorn"], default="trio-websocket")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        trio.run(main, args.port, args.gc)
+        trio.run(main if args.transport == "trio-websocket" else main_hypercorn, args.port, args.gc)
