@@ -87,24 +87,27 @@ async def idle(port: int, pid: int, conns: int) -> dict[str, object]:
 
 async def run(args: argparse.Namespace) -> None:
     for workload in args.workloads.split(","):
-        async with running_server(args.gc) as (pid, port):
-            n = args.n
-            if workload == "w1":
-                result = await fan_out(
-                    port, pid, ["chat:room1"] * n, args.m, f"channel=chat:room1&count={args.m}&rate=0"
-                )
-            elif workload == "w2":
-                count = int(args.rate * args.duration)
-                query = f"channel=chat:room1&count={count}&rate={args.rate}"
-                result = await fan_out(port, pid, ["chat:room1"] * n, count, query)
-            elif workload == "w3":
-                query = f"prefix=user:&nch={n}&count={args.rounds}&rate=0"
-                result = await fan_out(port, pid, [f"user:{i}" for i in range(n)], args.rounds, query)
-            elif workload == "w4":
-                result = await idle(port, pid, args.conns)
-            else:
-                raise SystemExit(f"unknown workload {workload!r}")
-            print(workload, json.dumps(result), flush=True)
+        for transport in args.transports.split(","):
+            await run_one(args, workload, transport)
+
+
+async def run_one(args: argparse.Namespace, workload: str, transport: str) -> None:
+    async with running_server(args.gc, transport) as (pid, port):
+        n = args.n
+        if workload == "w1":
+            result = await fan_out(port, pid, ["chat:room1"] * n, args.m, f"channel=chat:room1&count={args.m}&rate=0")
+        elif workload == "w2":
+            count = int(args.rate * args.duration)
+            query = f"channel=chat:room1&count={count}&rate={args.rate}"
+            result = await fan_out(port, pid, ["chat:room1"] * n, count, query)
+        elif workload == "w3":
+            query = f"prefix=user:&nch={n}&count={args.rounds}&rate=0"
+            result = await fan_out(port, pid, [f"user:{i}" for i in range(n)], args.rounds, query)
+        elif workload == "w4":
+            result = await idle(port, pid, args.conns)
+        else:
+            raise SystemExit(f"unknown workload {workload!r}")
+        print(workload, transport, json.dumps(result), flush=True)
 
 
 def main() -> None:
@@ -117,6 +120,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20, help="rounds in W3")
     parser.add_argument("--conns", type=int, default=5000, help="idle connections in W4")
     parser.add_argument("--gc", choices=["tuned", "default"], default="tuned")
+    parser.add_argument(
+        "--transports", default="trio-websocket,hypercorn", help="comma-separated: trio-websocket, hypercorn"
+    )
     args = parser.parse_args()
     become_load_generator()
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} cpus={os.cpu_count()} python={sys.version.split()[0]}", flush=True)

@@ -73,7 +73,7 @@ class Subscriber:
     async def connect(self, port: int, channel: str) -> None:
         self.stream = await trio.open_tcp_stream("127.0.0.1", port)
         request = (
-            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         )
         await self.stream.send_all(request.encode())
@@ -141,7 +141,7 @@ async def control(port: int, query: str) -> dict[str, float]:
 
 async def http_get(port: int, target: str) -> dict[str, float]:
     stream = await trio.open_tcp_stream("127.0.0.1", port)
-    await stream.send_all(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await stream.send_all(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
     data = b""
     while chunk := await stream.receive_some(65536):
         data += chunk
@@ -172,12 +172,12 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def running_server(gc_mode: str = "tuned") -> AsyncIterator[tuple[int, int]]:
+async def running_server(gc_mode: str = "tuned", transport: str = "trio-websocket") -> AsyncIterator[tuple[int, int]]:
     """Run ``peer_server.py`` on a free port, pinned to CPU 0; yields its pid and port
     once it accepts connections, and stops it afterwards."""
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, str(HERE / "peer_server.py"), "--port", str(port), "--gc", gc_mode],
+        [sys.executable, str(HERE / "peer_server.py"), "--port", str(port), "--gc", gc_mode, "--transport", transport],
         preexec_fn=lambda: pin(0),
         stdout=subprocess.DEVNULL,
     )

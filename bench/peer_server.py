@@ -185,7 +185,8 @@ async def main_hypercorn(port: int, gc_mode: str) -> None:
             body = json.dumps(await run_broadcast(parse_qs(scope["query_string"].decode()))).encode()
         elif scope["path"] == "/bench/stats":
             body = json.dumps(stats(app.hub)).encode()
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     config = hypercorn.config.Config()

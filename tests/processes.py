@@ -45,24 +45,38 @@ class CliServer:
         return self.process.returncode, err
 
 
-def start_cli(app: str = CHAT_APP, port: int = 0, timeout: float = 20) -> CliServer:
+def start_cli(app: str = CHAT_APP, port: int = 0) -> CliServer:
     """Start ``python -m modelence_trio app`` and wait for the URL it prints."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "modelence_trio", app, "--port", str(port), "--log-level", "warning"]
+    return start_server(command, r"serving on (http://\S+)")
+
+
+def start_hypercorn(app: str = CHAT_APP, *options: str) -> CliServer:
+    """Start plain ``hypercorn --worker-class trio app`` on a free port."""
+    command = [sys.executable, "-m", "hypercorn", "--worker-class", "trio", "--bind", "127.0.0.1:0", *options, app]
+    return start_server(command, r"Running on (http://\S+)", read_stderr=True)
+
+
+def start_server(command: list[str], pattern: str, *, read_stderr: bool = False, timeout: float = 20) -> CliServer:
+    """Start a server process and wait for the line that tells its URL."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert process.stdout is not None
+    output = process.stderr if read_stderr else process.stdout
+    assert output is not None
+    seen = []
     deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
+        selector.register(output, selectors.EVENT_READ)
         while time.monotonic() < deadline and process.poll() is None:
             if selector.select(timeout=0.1):
-                line = process.stdout.readline()
-                found = re.search(r"serving on (http://\S+)", line)
+                line = output.readline()
+                seen.append(line)
+                found = re.search(pattern, line)
                 if found:
                     return CliServer(process, found.group(1))
     process.kill()
     _, err = process.communicate()
-    raise AssertionError(f"the server did not start:\n{err}")
+    raise AssertionError(f"the server did not start: {command}\n{''.join(seen)}{err}")
 
 
 @contextmanager

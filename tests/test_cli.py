@@ -13,7 +13,7 @@ import trio
 import trio_websocket
 
 from .helpers import receive_json, request
-from .processes import ROOT, cli_server, start_cli
+from .processes import CHAT_APP, ROOT, cli_server, start_cli, start_hypercorn
 
 
 def post_method(url: str, name: str, args: dict[str, str], token: str) -> object:
@@ -67,3 +67,30 @@ def test_sigint_stops_cleanly() -> None:
         code, err = server.stop(signal.SIGINT)
         assert code == 0, err
         assert "SIGINT, shutting down" in err
+
+
+async def test_plain_hypercorn_serves_the_app_and_shuts_down_with_1001() -> None:
+    """Under ``hypercorn --worker-class trio``, SIGTERM reaches the app only as the
+    cancellation at the end of hypercorn's graceful timeout; that still flushes and
+    closes with 1001."""
+    server = await trio.to_thread.run_sync(start_hypercorn, CHAT_APP, "--graceful-timeout", "1")
+    try:
+        async with trio_websocket.open_websocket_url(server.ws_url + "?token=ann") as ws:
+            assert (await receive_json(ws))["user"]["handle"] == "ann"
+            assert (await request(ws, {"type": "join", "channel": "chat:lobby"}))["type"] == "joined"
+            args = {"room": "lobby", "text": "via hypercorn"}
+            await trio.to_thread.run_sync(post_method, server.url, "chat.sendMessage", args, "ann")
+            assert (await receive_json(ws))["data"]["text"] == "via hypercorn"
+            server.process.send_signal(signal.SIGTERM)
+            with trio.fail_after(15):
+                try:
+                    await ws.get_message()
+                except trio_websocket.ConnectionClosed as exc:
+                    assert exc.reason is not None
+                    assert exc.reason.code == 1001
+                else:
+                    raise AssertionError("expected close 1001")
+        code, err = await trio.to_thread.run_sync(server.stop)
+        assert code == 0, err
+    finally:
+        await trio.to_thread.run_sync(server.stop, signal.SIGKILL)

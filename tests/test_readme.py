@@ -1,11 +1,18 @@
-"""The README's testing example, kept true by running it."""
+"""The README's examples, kept true by running them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
 import trio.testing
 
-from modelence_trio import Hub, MemoryAuthenticator, ServerChannel, User
+from modelence_trio import App, Hub, JoinRefused, MemoryAuthenticator, ServerChannel, User, open_client
 from modelence_trio.testing import open_memory_server
+
+from .test_app import http
 
 
 async def test_members_only(autojump_clock: trio.testing.MockClock) -> None:
@@ -18,3 +25,33 @@ async def test_members_only(autojump_clock: trio.testing.MockClock) -> None:
             await ann.join("room:1")
             room.broadcast("1", {"text": "hi"})
             assert (await inbox.receive()).data == {"text": "hi"}
+
+
+def readme_block(marker: str) -> str:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for block in text.split("```python\n")[1:]:
+        code = block.split("```", 1)[0]
+        if code.startswith(marker):
+            return code
+    raise AssertionError(f"no README block starts with {marker!r}")
+
+
+async def test_app_quickstart(nursery: trio.Nursery) -> None:
+    namespace: dict[str, Any] = {}
+    exec(compile(readme_block("# myapp.py"), "README.md", "exec"), namespace)
+    app: App = namespace["app"]
+    assert app.methods == ("chat.sendMessage",)
+    urls = await nursery.start(app.serve, "127.0.0.1", 0)
+    async with open_client(urls[0].replace("http", "ws") + "/ws", token="secret-token") as client:
+        inbox = client.messages()
+        await client.join("chat:lobby")
+        with pytest.raises(JoinRefused):
+            await client.join("notifications:999")  # not ann's
+        await client.join("notifications:456")
+        reply = await http(
+            f"{urls[0]}/api/_internal/method/chat.sendMessage", {"args": {"room": "lobby", "text": "hi"}}
+        )
+        assert reply.json() == {"data": {"ok": True}}
+        assert (await inbox.receive()).data == {"text": "hi", "from": None}
+        bad = await http(f"{urls[0]}/api/_internal/method/chat.sendMessage", {"args": {"room": "lobby", "text": ""}})
+        assert (bad.status, bad.headers["x-modelence-error-code"]) == (400, "invalid_arguments")
