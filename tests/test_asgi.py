@@ -4,6 +4,7 @@ the plain ``websocket.send`` path, and refusals without the denial extension."""
 from __future__ import annotations
 
 import json
+from collections.abc import MutableMapping
 from typing import Any
 
 import trio
@@ -21,8 +22,8 @@ class FakeServer:
     async def receive(self) -> dict[str, Any]:
         return await self._from_test.receive()
 
-    async def send(self, message: dict[str, Any]) -> None:
-        await self.sent.send(message)
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        await self.sent.send(dict(message))
 
     async def next_frame(self) -> dict[str, Any]:
         with trio.fail_after(5):
