@@ -252,3 +252,42 @@ async def test_joining_twice_and_leaving_unjoined_are_idempotent(url: str) -> No
             "channel": "chat:zzz",
             "ref": 3,
         }
+
+
+async def test_a_client_that_stops_reading_is_dropped_and_others_carry_on(
+    nursery: trio.Nursery, transport: str
+) -> None:
+    chat: ServerChannel[object] = ServerChannel("chat")
+    url, hub = await start_server(nursery, transport, [chat], config=HubConfig(outbound_queue_size=32))
+    async with trio_websocket.open_websocket_url(url) as good:
+        # The slow client: a real handshake and a join, then it never reads again.
+        stream = await trio.open_tcp_stream("127.0.0.1", int(url.split(":")[2].split("/")[0]))
+        await stream.send_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        response = b""
+        with trio.fail_after(5):
+            while b"\r\n\r\n" not in response:
+                response += await stream.receive_some(4096)
+        assert response.startswith(b"HTTP/1.1 101")
+        join = b'{"type":"join","channel":"chat:a"}'
+        await stream.send_all(bytes([0x81, 0x80 | len(join)]) + b"\0\0\0\0" + join)  # masked with a zero key
+        await receive_json(good)
+        await request(good, {"type": "join", "channel": "chat:a"})
+        with trio.fail_after(10):
+            while hub.statistics().subscriptions < 2:
+                await trio.sleep(0.01)
+        pad = "x" * 10_000
+        received = 0
+        with trio.fail_after(30):
+            for seq in range(3000):  # 30 MB: far more than the slow client's socket buffers hold
+                chat.broadcast("a", {"seq": seq, "pad": pad})
+                while received <= seq:
+                    assert (await receive_json(good))["data"]["seq"] == received
+                    received += 1
+        # The slow client was cut off (its queue overflowed); the good one got everything.
+        assert received == 3000
+        assert hub.statistics().subscriptions == 1
+        assert hub.statistics().connections == 1
+        await stream.aclose()
