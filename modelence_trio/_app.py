@@ -17,6 +17,7 @@ import trio
 from ._asgi import Receive, Scope, Send, serve_asgi_websocket
 from ._auth import Authenticator
 from ._channel import ServerChannel
+from ._fanout import MongoFanout
 from ._hub import Hub, HubConfig
 from ._methods import HttpResponse, Method, call_method
 
@@ -79,6 +80,10 @@ class App:
     :meth:`serve`. Its hub (``app.hub``) can also be served by
     :func:`serve_websocket` on another port, the faster transport.
 
+    With ``mongodb_uri`` (or a ready ``fanout``), several instances of the app
+    share one MongoDB and behave as one server (docs/fanout.md); without,
+    broadcasts stay in this process.
+
     Example::
 
         chat = ServerChannel("chat")
@@ -96,6 +101,8 @@ class App:
         websocket_path: str = "/ws",
         static_dir: str | Path | None = None,
         max_request_size: int = 1024 * 1024,
+        mongodb_uri: str | None = None,
+        fanout: MongoFanout | None = None,
     ) -> None:
         self.modules = tuple(modules)
         channels: dict[str, str] = {}
@@ -116,7 +123,10 @@ class App:
                 self._methods[f"{module.name}.{name}"] = method
         if not websocket_path.startswith("/"):
             raise ValueError(f"websocket_path must start with '/': {websocket_path!r}")
-        self.hub = Hub([c for m in self.modules for c in m.channels], authenticator=authenticator, config=config)
+        if mongodb_uri is not None and fanout is None:
+            fanout = MongoFanout.from_uri(mongodb_uri)
+        every_channel = [c for m in self.modules for c in m.channels]
+        self.hub = Hub(every_channel, authenticator=authenticator, config=config, fanout=fanout)
         self.websocket_path = websocket_path
         self.static_dir = Path(static_dir).resolve() if static_dir is not None else None
         if self.static_dir is not None and not self.static_dir.is_dir():

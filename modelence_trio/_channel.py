@@ -112,6 +112,9 @@ class ServerChannel(Generic[T]):
             TypeError: ``data`` is not JSON-serializable.
             ValueError: ``channel_id`` is not a valid channel id.
             RuntimeError: no Hub serves this channel.
+            FanoutOverflow: (a RuntimeError) local subscribers got it, but
+                other instances cannot: MongoDB has been unreachable for
+                longer than the fan-out's buffer holds.
         """
         name = f"{self.category}:{channel_id}"
         if not valid_channel_id(channel_id):
@@ -125,7 +128,7 @@ class ServerChannel(Generic[T]):
         for ref in self._hubs:
             hub = ref()
             if hub is not None:
-                hub.deliver(name, frame)
+                hub.broadcast(name, frame)
                 delivered = True
         if not delivered:
             raise RuntimeError(f"{self!r} is not part of any Hub; build a Hub with it first")

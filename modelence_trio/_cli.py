@@ -1,4 +1,6 @@
-"""``modelence-trio APP``: serve an app by import path, shut down gracefully on SIGTERM."""
+"""``modelence-trio APP``: serve an app by import path, shut down gracefully on
+SIGTERM; with ``MONGODB_URI`` in the environment, share broadcasts with other
+instances through that MongoDB."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from functools import partial
 import trio
 
 from ._app import App
+from ._fanout import MongoFanout
 
 __all__ = ["main"]
 
@@ -65,4 +68,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = load_app(args.app)
+    uri = os.environ.get("MONGODB_URI")
+    if uri and app.hub.fanout is None:
+        app.hub.fanout = MongoFanout.from_uri(uri)
+        print("modelence-trio: fan-out through MongoDB (MONGODB_URI)", flush=True)
     trio.run(partial(serve, app, args.host, args.port))

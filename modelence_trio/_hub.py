@@ -16,6 +16,7 @@ import trio
 from ._auth import Authenticator, Identity, _roles
 from ._channel import ChannelContext, PublishRejected, ServerChannel
 from ._connection import Connection
+from ._fanout import MongoFanout
 from ._registry import Registry
 from ._transport import Transport
 from ._wire import Outgoing
@@ -134,9 +135,11 @@ class Hub:
         *,
         authenticator: Authenticator | None = None,
         config: HubConfig = HubConfig(),
+        fanout: MongoFanout | None = None,
     ) -> None:
         self.config = config
         self.authenticator = authenticator
+        self.fanout = fanout
         self._channels: dict[str, ServerChannel[Any]] = {}
         for channel in channels:
             if channel.category in self._channels:
@@ -159,12 +162,16 @@ class Hub:
     def channels(self) -> Sequence[ServerChannel[Any]]:
         return tuple(self._channels.values())
 
-    def deliver(self, channel: str, frame: Outgoing) -> int:
-        """Queue an already-encoded ``message`` frame for local subscribers.
+    def broadcast(self, channel: str, frame: Outgoing) -> None:
+        """Deliver an encoded ``message`` frame to local subscribers at once,
+        and hand it to the fan-out (if any) for other instances."""
+        self._registry.deliver(channel, frame)
+        if self.fanout is not None:
+            self.fanout.publish(channel, frame.text)
 
-        ``ServerChannel.broadcast`` calls this; it exists separately so that a
-        fan-out from other instances can deliver without encoding again.
-        """
+    def deliver(self, channel: str, frame: Outgoing) -> int:
+        """Queue an already-encoded ``message`` frame for local subscribers only
+        (the fan-out delivers other instances' broadcasts with it)."""
         return self._registry.deliver(channel, frame)
 
     # --- the hub's own life: heartbeats and shutdown ---------------------------------
@@ -174,7 +181,8 @@ class Hub:
 
         It pings every connection every ``heartbeat_interval`` (one task for
         all connections, not one each) and drops those whose pong does not
-        come within ``heartbeat_timeout``. Every ``session_check_interval`` it
+        come within ``heartbeat_timeout``; with a fan-out, it stores this
+        instance's broadcasts and polls other instances'. Every ``session_check_interval`` it
         asks the authenticator whether each signed-in connection's session
         still holds, and closes those that ended (4001). When it is cancelled, the hub shuts
         down gracefully: each connection flushes what is queued and closes with
@@ -186,6 +194,8 @@ class Hub:
                 self._stopping = False
                 nursery.start_soon(self._heartbeats)
                 nursery.start_soon(self._session_checks)
+                if self.fanout is not None:
+                    nursery.start_soon(self.fanout.run, self.deliver)
             raise AssertionError("unreachable: the heartbeats never end")  # pragma: no cover
         finally:
             self.begin_shutdown()

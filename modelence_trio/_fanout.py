@@ -1,0 +1,346 @@
+"""Several instances as one server: broadcasts shared through one MongoDB collection.
+
+Each broadcast is delivered to local subscribers at once and queued here; a
+writer task stores queued broadcasts in ``_modelenceSocketio`` with a
+sequence number reserved atomically in a counter document, and a poller task
+in every instance reads new documents in sequence order and delivers those
+of other instances. docs/fanout.md explains the design: why a sequence and
+not ObjectIds, what order is guaranteed, what happens on gaps, outages,
+restarts and expiry.
+
+pymongo blocks, so every database call runs in a worker thread
+(``trio.to_thread``) under one capacity limiter: the event loop never waits
+on the database.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import itertools
+import json
+import logging
+import math
+import secrets
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import attrs
+import pymongo
+import pymongo.errors
+import trio
+from bson import ObjectId
+
+from ._wire import Outgoing
+from .protocol import encode_message
+
+if TYPE_CHECKING:
+    from pymongo.collection import Collection
+    from pymongo.database import Database
+
+__all__ = ["FanoutOverflow", "FanoutStatistics", "MongoFanout"]
+
+logger = logging.getLogger("modelence_trio.fanout")
+
+COLLECTION = "_modelenceSocketio"  # the reference's name
+COUNTERS = "_modelenceSocketioCounters"
+INDEX_OPTIONS_CONFLICT = (85, 86)  # IndexOptionsConflict, IndexKeySpecsConflict
+
+
+class FanoutOverflow(RuntimeError):
+    """The broadcast reached local subscribers, but not other instances: the
+    database has been unreachable for so long that the buffer of broadcasts
+    waiting to be stored is full. It is logged and counted as well."""
+
+
+@attrs.frozen
+class FanoutStatistics:
+    pending: int  # broadcasts waiting to be stored
+    stored: int
+    delivered: int  # broadcasts of other instances delivered here
+    skipped: int  # sequence numbers given up on (gaps; see docs/fanout.md)
+    dropped: int  # broadcasts refused because the buffer was full
+    write_failures: int
+    read_failures: int
+    last_seq: int
+
+
+@attrs.define
+class _Pending:
+    channel: str
+    frame: str  # the encoded ``message`` frame: an immutable snapshot of the data
+    mid: str  # stable across retries: receivers drop a message stored twice
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+class MongoFanout:
+    """The MongoDB fan-out of one instance. Give it to a ``Hub`` (or an ``App``
+    via ``mongodb_uri``); the hub runs it and feeds it every broadcast.
+
+    Args:
+        database: where the collections live (``client.get_database(...)``).
+            Give the client short timeouts (``serverSelectionTimeoutMS``) so an
+            outage is noticed in seconds; ``from_uri`` does.
+        ttl: seconds a stored broadcast is kept (TTL index on ``createdAt``).
+        poll_interval: seconds between polls when there is nothing new.
+        batch_size: documents per insert and per poll; a full poll batch is
+            followed at once by the next poll.
+        max_pending: broadcasts held while the database is unreachable; past
+            it ``broadcast`` raises :class:`FanoutOverflow`.
+        gap_timeout: seconds the poller waits for a sequence number that was
+            reserved but is not visible yet, before giving up on it.
+        threads: database calls running at once (worker threads).
+    """
+
+    def __init__(
+        self,
+        database: Database[Any],
+        *,
+        ttl: float = 60.0,
+        poll_interval: float = 0.05,
+        batch_size: int = 500,
+        max_pending: int = 10_000,
+        gap_timeout: float = 2.0,
+        threads: int = 4,
+        retry_initial: float = 0.1,
+        retry_maximum: float = 2.0,
+    ) -> None:
+        self.database = database
+        self.ttl = ttl
+        self.poll_interval = poll_interval
+        self.batch_size = batch_size
+        self.max_pending = max_pending
+        self.gap_timeout = gap_timeout
+        self.retry_initial = retry_initial
+        self.retry_maximum = retry_maximum
+        self.origin = secrets.token_hex(8)
+        self._collection: Collection[Any] = database[COLLECTION]
+        self._counters: Collection[Any] = database[COUNTERS]
+        self._limiter = trio.CapacityLimiter(threads)
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._wake = trio.Event()
+        self._ids = itertools.count()
+        self._seen: dict[str, None] = {}  # recent message ids, oldest first
+        self._last_seq = -1  # not started
+        self._stored = self._delivered = self._skipped = self._dropped = 0
+        self._write_failures = self._read_failures = 0
+
+    @classmethod
+    def from_uri(cls, uri: str, **options: Any) -> MongoFanout:
+        """Connect to ``uri`` (its database, or ``modelence``) with timeouts fit for outages."""
+        client: pymongo.MongoClient[Any] = pymongo.MongoClient(
+            uri, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000, socketTimeoutMS=10000
+        )
+        return cls(client.get_default_database("modelence"), **options)
+
+    # --- called by the hub ------------------------------------------------------------
+
+    def publish(self, channel: str, frame: str) -> None:
+        """Queue a broadcast (already delivered locally, ``frame`` is its
+        encoded ``message`` frame) for the other instances."""
+        if len(self._pending) >= self.max_pending:
+            self._dropped += 1
+            logger.error(
+                "fan-out buffer full (%d broadcasts waiting for MongoDB): %s not sent to other instances "
+                "(%d dropped so far)",
+                self.max_pending,
+                channel,
+                self._dropped,
+            )
+            raise FanoutOverflow(f"{channel}: delivered locally only; MongoDB unreachable and buffer full")
+        self._pending.append(_Pending(channel, frame, f"{self.origin}-{next(self._ids)}"))
+        self._wake.set()
+
+    def statistics(self) -> FanoutStatistics:
+        return FanoutStatistics(
+            len(self._pending),
+            self._stored,
+            self._delivered,
+            self._skipped,
+            self._dropped,
+            self._write_failures,
+            self._read_failures,
+            self._last_seq,
+        )
+
+    async def run(self, deliver: Callable[[str, Outgoing], object]) -> NoReturn:
+        """Prepare the collections, then store and poll until cancelled.
+
+        ``deliver(channel, frame)`` hands other instances' broadcasts to local
+        subscribers. Broadcasts queued before the database is reachable wait.
+        """
+        await self._retrying("prepare the collections", self._prepare)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write_forever)
+            await self._poll_forever(deliver)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- database calls (worker threads) ------------------------------------------------
+
+    async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter, abandon_on_cancel=True)
+
+    def _prepare(self) -> None:
+        self._collection.create_index("seq", unique=True)
+        try:
+            self._collection.create_index("createdAt", expireAfterSeconds=int(self.ttl))
+        except pymongo.errors.OperationFailure as exc:
+            if exc.code not in INDEX_OPTIONS_CONFLICT:
+                raise
+            # An index on createdAt with other options (another TTL): replace it, as the reference does.
+            logger.info("replacing the TTL index on %s.createdAt (%s)", COLLECTION, exc)
+            self._collection.drop_index("createdAt_1")
+            self._collection.create_index("createdAt", expireAfterSeconds=int(self.ttl))
+        # Start after what is already there: an instance that starts late or
+        # restarts does not replay old broadcasts as new.
+        counter = self._counters.find_one({"_id": COLLECTION})
+        self._last_seq = int(counter["seq"]) if counter else 0
+
+    def _store(self, batch: list[_Pending]) -> None:
+        # Reserve len(batch) sequence numbers, then insert. A failed insert is
+        # retried with new numbers (the old ones become a gap the pollers
+        # skip); the message ids are kept, so a batch stored twice (the first
+        # insert succeeded but its reply was lost) is delivered once.
+        counter = self._counters.find_one_and_update(
+            {"_id": COLLECTION},
+            {"$inc": {"seq": len(batch)}},
+            upsert=True,
+            return_document=pymongo.ReturnDocument.AFTER,
+        )
+        assert counter is not None  # upsert, and the document after the update
+        first = int(counter["seq"]) - len(batch) + 1
+        now = _utcnow()
+        docs = [
+            {
+                "_id": ObjectId(),
+                "seq": first + i,
+                "channel": item.channel,
+                "data": json.loads(item.frame)["data"],
+                "origin": self.origin,
+                "mid": item.mid,
+                "createdAt": now,
+            }
+            for i, item in enumerate(batch)
+        ]
+        try:
+            self._collection.insert_many(docs, ordered=False)
+        except pymongo.errors.BulkWriteError as exc:
+            if any(error.get("code") != 11000 for error in exc.details.get("writeErrors", ())):
+                raise
+
+    def _read(self, after: int) -> list[dict[str, Any]]:
+        cursor = self._collection.find({"seq": {"$gt": after}}).sort("seq", 1).limit(self.batch_size)
+        return list(cursor)
+
+    # --- the two tasks ------------------------------------------------------------------
+
+    async def _retrying(self, what: str, fn: Callable[[], Any]) -> Any:
+        delay = self.retry_initial
+        failing_since: float | None = None
+        while True:
+            try:
+                result = await self._db(fn)
+            except pymongo.errors.PyMongoError as exc:
+                if failing_since is None:
+                    failing_since = trio.current_time()
+                    logger.warning("MongoDB unreachable, cannot %s (retrying): %s", what, exc)
+                await trio.sleep(delay)
+                delay = min(self.retry_maximum, delay * 2)
+                continue
+            if failing_since is not None:
+                logger.warning("MongoDB reachable again: %s after %.1f s", what, trio.current_time() - failing_since)
+            return result
+
+    async def _write_forever(self) -> NoReturn:
+        delay = self.retry_initial
+        failing_since: float | None = None
+        while True:
+            if not self._pending:
+                self._wake = trio.Event()
+                await self._wake.wait()
+            batch = list(itertools.islice(self._pending, self.batch_size))
+            try:
+                await self._db(self._store, batch)
+            except pymongo.errors.PyMongoError as exc:
+                self._write_failures += 1
+                if failing_since is None:
+                    failing_since = trio.current_time()
+                    logger.warning(
+                        "MongoDB unreachable: holding broadcasts for other instances (%d waiting, room for %d): %s",
+                        len(self._pending),
+                        self.max_pending,
+                        exc,
+                    )
+                await trio.sleep(delay)
+                delay = min(self.retry_maximum, delay * 2)
+                continue
+            for _ in batch:
+                self._pending.popleft()
+            self._stored += len(batch)
+            if failing_since is not None:
+                logger.warning(
+                    "MongoDB reachable again after %.1f s: stored the held broadcasts (%d still waiting)",
+                    trio.current_time() - failing_since,
+                    len(self._pending),
+                )
+                failing_since, delay = None, self.retry_initial
+
+    async def _poll_forever(self, deliver: Callable[[str, Outgoing], object]) -> NoReturn:
+        delay = self.retry_initial
+        failing_since: float | None = None
+        gap_since = math.inf
+        while True:
+            try:
+                docs: list[dict[str, Any]] = await self._db(self._read, self._last_seq)
+            except pymongo.errors.PyMongoError as exc:
+                self._read_failures += 1
+                if failing_since is None:
+                    failing_since = trio.current_time()
+                    logger.warning("MongoDB unreachable: no broadcasts from other instances until it is back: %s", exc)
+                await trio.sleep(delay)
+                delay = min(self.retry_maximum, delay * 2)
+                continue
+            if failing_since is not None:
+                logger.warning(
+                    "MongoDB reachable again after %.1f s: resuming after sequence %d",
+                    trio.current_time() - failing_since,
+                    self._last_seq,
+                )
+                failing_since, delay = None, self.retry_initial
+            waiting = False
+            for doc in docs:
+                seq = int(doc["seq"])
+                if seq > self._last_seq + 1:
+                    now = trio.current_time()
+                    gap_since = min(gap_since, now)
+                    if now - gap_since < self.gap_timeout:
+                        waiting = True  # reserved but not visible yet: wait for it
+                        break
+                    missing = seq - self._last_seq - 1
+                    self._skipped += missing
+                    logger.warning("fan-out: gave up on %d sequence number(s) before %d (gap)", missing, seq)
+                gap_since = math.inf
+                self._last_seq = seq
+                self._deliver(doc, deliver)
+            if waiting or len(docs) < self.batch_size:
+                await trio.sleep(self.poll_interval)
+
+    def _deliver(self, doc: dict[str, Any], deliver: Callable[[str, Outgoing], object]) -> None:
+        mid = doc.get("mid")
+        if doc.get("origin") == self.origin or not isinstance(mid, str) or mid in self._seen:
+            return  # our own (local subscribers had it at once), or stored twice
+        self._seen[mid] = None
+        if len(self._seen) > 4 * self.max_pending:
+            for old in list(itertools.islice(self._seen, self.max_pending)):
+                del self._seen[old]
+        channel = doc["channel"]
+        try:
+            frame = Outgoing.from_text(encode_message(channel, doc["data"]))
+        except (TypeError, ValueError):
+            logger.exception("fan-out: cannot encode the broadcast with sequence %s; skipped", doc.get("seq"))
+            return
+        self._delivered += 1
+        deliver(channel, frame)

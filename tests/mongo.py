@@ -1,0 +1,138 @@
+"""MongoDB for the tests: the one in ``MONGODB_URI``, or an nx-27017 wire server
+started for the session; a database per test; and a TCP proxy that can cut the
+database off from one instance (an outage) and let it back."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pymongo
+import pytest
+import trio
+from pymongo.database import Database
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def mongodb_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``MONGODB_URI`` if set (a real MongoDB, or the one .ci/run started), else
+    an nx-27017 (MongoDB wire protocol on SQLite) on a free loopback port."""
+    uri = os.environ.get("MONGODB_URI")
+    if uri:
+        yield uri
+        return
+    folder = tmp_path_factory.mktemp("nx")
+    port = _free_port()
+    server = Path(sys.executable).parent / "nx-27017"
+    command = [str(server), "--db", "memory", "-p", str(port), "--log-file", str(folder / "log")]
+    pid_file = ["--pid-file", str(folder / "pid")]
+    process = subprocess.Popen([*command, *pid_file], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise AssertionError(f"nx-27017 did not start (see {folder / 'log'})") from None
+            time.sleep(0.05)
+    try:
+        yield f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def connect(uri: str) -> pymongo.MongoClient[dict[str, Any]]:
+    """A client as each instance has its own, with timeouts that notice an outage quickly."""
+    return pymongo.MongoClient(uri, serverSelectionTimeoutMS=1000, connectTimeoutMS=1000, socketTimeoutMS=3000)
+
+
+@pytest.fixture
+def database_name(mongodb_uri: str) -> Iterator[str]:
+    """A fresh database for one test, dropped afterwards."""
+    name = f"mt_{uuid.uuid4().hex[:12]}"
+    yield name
+    with connect(mongodb_uri) as client:
+        client.drop_database(name)
+
+
+@pytest.fixture
+def database(mongodb_uri: str, database_name: str) -> Iterator[Database[dict[str, Any]]]:
+    with connect(mongodb_uri) as client:
+        yield client[database_name]
+
+
+class Proxy:
+    """Forwards TCP to the database until ``cut()``: then every connection is
+    dropped and new ones are refused (closed at once) until ``restore()``."""
+
+    def __init__(self, uri: str) -> None:
+        where = urlsplit(uri)
+        self.target = (where.hostname or "127.0.0.1", where.port or 27017)
+        self.uri = uri
+        self.port = 0
+        self.up = True
+        self._scopes: set[trio.CancelScope] = set()
+
+    def uri_through(self) -> str:
+        where = urlsplit(self.uri)
+        netloc = where.netloc.rsplit("@", 1)
+        host = f"127.0.0.1:{self.port}"
+        netloc[-1] = host
+        return where._replace(netloc="@".join(netloc)).geturl()
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        await trio.serve_listeners(self._handle, listeners, task_status=task_status)
+
+    def cut(self) -> None:
+        self.up = False
+        for scope in self._scopes:
+            scope.cancel()
+
+    def restore(self) -> None:
+        self.up = True
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        if not self.up:
+            await trio.aclose_forcefully(client)
+            return
+        with trio.CancelScope() as scope:
+            self._scopes.add(scope)
+            try:
+                server = await trio.open_tcp_stream(*self.target)
+                async with server, trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pipe, client, server, nursery.cancel_scope)
+                    nursery.start_soon(self._pipe, server, client, nursery.cancel_scope)
+            except OSError:
+                pass
+            finally:
+                self._scopes.discard(scope)
+        await trio.aclose_forcefully(client)
+
+    @staticmethod
+    async def _pipe(source: trio.SocketStream, sink: trio.SocketStream, done: trio.CancelScope) -> None:
+        try:
+            while data := await source.receive_some(65536):
+                await sink.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        done.cancel()  # one side ended: so does the connection

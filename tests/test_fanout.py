@@ -1,0 +1,172 @@
+"""Several instances on one MongoDB (nx-27017 here, or MONGODB_URI), over real
+sockets to the database: every subscriber gets every broadcast once, in order,
+through restarts and outages."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+
+from modelence_trio import Client, Hub, ServerChannel
+from modelence_trio._fanout import FanoutOverflow, MongoFanout
+from modelence_trio.testing import MemoryServer, open_memory_server
+
+from .mongo import Proxy, connect
+
+
+@asynccontextmanager
+async def instance(uri: str, database: str, **options: Any) -> AsyncIterator[tuple[ServerChannel[Any], MemoryServer]]:
+    """One server instance: its own channel object, hub, MongoDB client and fan-out."""
+    chat: ServerChannel[Any] = ServerChannel("chat")
+    options = {"poll_interval": 0.02, "retry_maximum": 0.5, **options}
+    with connect(uri) as client:
+        fanout = MongoFanout(client[database], **options)
+        async with open_memory_server(Hub([chat], fanout=fanout)) as server:
+            with trio.fail_after(10):
+                while fanout.statistics().last_seq < 0:  # collections prepared, start point read
+                    await trio.sleep(0.01)
+            yield chat, server
+
+
+def fanout_of(server: MemoryServer) -> MongoFanout:
+    assert server.hub.fanout is not None
+    return server.hub.fanout
+
+
+async def collect(client: Client, count: int, into: list[Any]) -> None:
+    inbox = client.messages()
+    with trio.fail_after(30):
+        while len(into) < count:
+            into.append((await inbox.receive()).data)
+
+
+async def test_three_instances_broadcasting_concurrently(mongodb_uri: str, database_name: str) -> None:
+    per_instance = 60
+    async with (
+        instance(mongodb_uri, database_name) as (chat0, s0),
+        instance(mongodb_uri, database_name) as (chat1, s1),
+        instance(mongodb_uri, database_name) as (chat2, s2),
+    ):
+        chats = [chat0, chat1, chat2]
+        received: list[list[Any]] = []
+        async with trio.open_nursery() as nursery:
+            clients = []
+            for server in (s0, s0, s1, s1, s2, s2):
+                client = await nursery.start(_joined_client, server)
+                clients.append(client)
+
+            async def broadcaster(index: int) -> None:
+                for n in range(per_instance):
+                    chats[index].broadcast("shared", {"from": index, "n": n})
+                    if random.random() < 0.3:
+                        await trio.sleep(random.random() * 0.01)
+
+            async with trio.open_nursery() as inner:  # done when every client has every message
+                for client in clients:
+                    received.append([])
+                    inner.start_soon(collect, client, 3 * per_instance, received[-1])
+                for index in range(3):
+                    inner.start_soon(broadcaster, index)
+            nursery.cancel_scope.cancel()
+        for got in received:
+            counts = collections.Counter((m["from"], m["n"]) for m in got)
+            assert len(got) == 3 * per_instance
+            assert set(counts.values()) == {1}, "a message arrived twice"
+            for origin in range(3):
+                assert [m["n"] for m in got if m["from"] == origin] == list(range(per_instance))
+
+
+async def _joined_client(server: MemoryServer, task_status: trio.TaskStatus[Client] = trio.TASK_STATUS_IGNORED) -> None:
+    async with server.client() as client:
+        await client.join("chat:shared")
+        task_status.started(client)
+        await trio.sleep_forever()
+
+
+async def test_a_late_or_restarted_instance_does_not_replay(mongodb_uri: str, database_name: str) -> None:
+    async with instance(mongodb_uri, database_name) as (chat_a, a):
+        for n in range(5):
+            chat_a.broadcast("shared", {"old": n})
+        with trio.fail_after(10):
+            while fanout_of(a).statistics().stored < 5:
+                await trio.sleep(0.01)
+        for _ in range(2):  # a late start, then a restart
+            async with instance(mongodb_uri, database_name) as (_, b), b.client() as client:
+                inbox = client.messages()
+                await client.join("chat:shared")
+                await trio.sleep(0.3)  # several polls: nothing old may come
+                chat_a.broadcast("shared", {"new": True})
+                with trio.fail_after(10):
+                    assert (await inbox.receive()).data == {"new": True}
+                assert fanout_of(b).statistics().delivered == 1
+
+
+async def test_database_outage_loses_nothing_within_the_bound(
+    mongodb_uri: str, database_name: str, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="modelence_trio.fanout")
+    proxy = Proxy(mongodb_uri)
+    await nursery.start(proxy.run)
+    async with (
+        instance(proxy.uri_through(), database_name) as (chat_a, a),
+        instance(mongodb_uri, database_name) as (_, b),
+        b.client() as reader,
+        a.client() as local,
+    ):
+        await reader.join("chat:shared")
+        await local.join("chat:shared")
+        local_inbox = local.messages()
+        got: list[Any] = []
+        async with trio.open_nursery() as inner:
+            inner.start_soon(collect, reader, 80, got)
+            for n in range(20):
+                chat_a.broadcast("shared", n)
+            with trio.fail_after(10):
+                while len(got) < 20:
+                    await trio.sleep(0.01)
+            proxy.cut()  # MongoDB unreachable from instance A for about 3 s
+            for n in range(20, 80):
+                chat_a.broadcast("shared", n)
+                await trio.sleep(0.05)
+            stats = fanout_of(a).statistics()
+            assert stats.pending > 0
+            assert stats.write_failures > 0
+            assert len(got) == 20  # nothing got through meanwhile
+            proxy.restore()
+        assert got == list(range(80))  # in order, none lost, none twice
+        assert fanout_of(a).statistics().dropped == 0
+        assert fanout_of(a).statistics().pending == 0
+        assert "MongoDB unreachable" in caplog.text
+        assert "reachable again" in caplog.text
+        # A's own subscriber had every message at once, outage or not.
+        with trio.fail_after(5):
+            assert [(await local_inbox.receive()).data for _ in range(80)] == list(range(80))
+
+
+async def test_past_the_bound_broadcast_fails_loudly(
+    mongodb_uri: str, database_name: str, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = Proxy(mongodb_uri)
+    await nursery.start(proxy.run)
+    async with instance(proxy.uri_through(), database_name, max_pending=5) as (chat, a), a.client() as local:
+        inbox = local.messages()
+        await local.join("chat:x")
+        proxy.cut()
+        await trio.sleep(0.2)
+        for n in range(5):
+            chat.broadcast("x", n)
+        with pytest.raises(FanoutOverflow):
+            chat.broadcast("x", 5)
+        assert fanout_of(a).statistics().dropped == 1
+        assert "fan-out buffer full" in caplog.text
+        # Local subscribers still got all six.
+        with trio.fail_after(5):
+            assert [(await inbox.receive()).data for _ in range(6)] == list(range(6))
+        proxy.restore()
