@@ -25,8 +25,10 @@ from ._client import (
     RequestFailed,
     open_client,
 )
+from ._fanout import FanoutOverflow, FanoutStatistics, MongoFanout
 from ._hub import Hub, HubConfig, HubStatistics
 from ._methods import MethodContext, MethodError
+from ._mongo_auth import MongoSessionAuthenticator
 from ._serve import serve_websocket
 from .protocol import CloseCode, ErrorCode
 
@@ -45,6 +47,8 @@ __all__ = [
     "ConnectionLost",
     "DevelopmentAuthenticator",
     "ErrorCode",
+    "FanoutOverflow",
+    "FanoutStatistics",
     "Hub",
     "HubConfig",
     "HubStatistics",
@@ -54,6 +58,8 @@ __all__ = [
     "MethodContext",
     "MethodError",
     "Module",
+    "MongoFanout",
+    "MongoSessionAuthenticator",
     "PublishRejected",
     "RequestFailed",
     "ServerChannel",

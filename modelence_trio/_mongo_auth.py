@@ -1,0 +1,84 @@
+"""Session tokens of an existing Modelence database (``_modelenceSessions``,
+``_modelenceUsers``), as ../shared/reference/modelence.md describes them."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import re
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._auth import Identity, User
+
+if TYPE_CHECKING:
+    from pymongo.database import Database
+
+__all__ = ["MongoSessionAuthenticator"]
+
+SESSIONS = "_modelenceSessions"
+USERS = "_modelenceUsers"
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_INACTIVE = ("disabled", "deleted")
+
+
+def _aware(moment: datetime.datetime) -> datetime.datetime:
+    # pymongo returns naive UTC datetimes unless the client is tz_aware.
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
+
+
+class MongoSessionAuthenticator:
+    """Resolves Modelence session tokens against its MongoDB collections.
+
+    A token is looked up by its SHA-256 hex digest (how Modelence stores it),
+    then, for tokens from before hashing, by the raw value; never by the raw
+    value when the token is itself 64 hex characters, so a leaked hash cannot
+    be replayed as a token. An expired session is refused (401); a disabled or
+    deleted user, or a session without a user, is anonymous (``user`` None)
+    with the session kept. Roles: the user document's ``roles`` (the hub adds
+    the app's defaults). Unlike the reference, an unknown token is refused
+    rather than turned into a fresh anonymous session. Sessions are re-checked
+    while connected (``check``), so a logout or expiry closes the connection.
+    """
+
+    def __init__(self, database: Database[Any], *, threads: int = 4) -> None:
+        self._sessions = database[SESSIONS]
+        self._users = database[USERS]
+        self._limiter = trio.CapacityLimiter(threads)
+
+    async def authenticate(self, token: str) -> Identity | None:
+        return await trio.to_thread.run_sync(self._authenticate, token, limiter=self._limiter)
+
+    async def check(self, identity: Identity) -> bool:
+        session = identity.session
+        if not isinstance(session, dict) or "_id" not in session:
+            return True  # not one of ours
+        return await trio.to_thread.run_sync(self._still_valid, session["_id"], limiter=self._limiter)
+
+    def _authenticate(self, token: str) -> Identity | None:
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        session = self._sessions.find_one({"authToken": digest})
+        if session is None and not _HEX64.fullmatch(token):
+            session = self._sessions.find_one({"authToken": token})  # legacy: stored raw
+        if session is None or self._expired(session):
+            return None
+        user_doc = None
+        if session.get("userId") is not None:
+            user_doc = self._users.find_one({"_id": session["userId"]})
+        if user_doc is None or user_doc.get("status") in _INACTIVE:
+            return Identity(None, session, ())
+        user = User(str(user_doc["_id"]), str(user_doc.get("handle", "")), user_doc)
+        roles = tuple(str(role) for role in user_doc.get("roles") or ())
+        return Identity(user, session, roles)
+
+    def _still_valid(self, session_id: Any) -> bool:
+        session = self._sessions.find_one({"_id": session_id})
+        return session is not None and not self._expired(session)
+
+    @staticmethod
+    def _expired(session: dict[str, Any]) -> bool:
+        expires = session.get("expiresAt")
+        return isinstance(expires, datetime.datetime) and _aware(expires) <= datetime.datetime.now(
+            datetime.timezone.utc
+        )
