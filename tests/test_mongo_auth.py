@@ -17,7 +17,7 @@ from pymongo.database import Database
 from modelence_trio import Hub, HubConfig, MongoSessionAuthenticator, ServerChannel
 from modelence_trio.protocol import HandshakeRejected
 
-NOW = datetime.datetime.now(datetime.timezone.utc)
+NOW = datetime.datetime.now(datetime.UTC)
 LATER = NOW + datetime.timedelta(days=7)
 EARLIER = NOW - datetime.timedelta(minutes=1)
 
