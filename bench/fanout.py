@@ -30,9 +30,13 @@ import trio
 from loadgen import become_load_generator, control, cpu_seconds, open_subscribers, rss_mib, running_server
 
 
-async def fan_out(port: int, pid: int, channels: list[str], rounds: int, query: str) -> dict[str, object]:
+async def fan_out(
+    port: int, pid: int, channels: list[str], rounds: int, query: str, control_port: int | None = None
+) -> dict[str, object]:
+    """Subscribers on ``port``; the broadcasts run in the server on ``control_port`` (default: the same)."""
+    control_port = control_port or port
     subs = await open_subscribers(port, channels)
-    await control(port, query.replace(f"count={rounds}", "count=1"))  # warm-up round, not counted
+    await control(control_port, query.replace(f"count={rounds}", "count=1"))  # warm-up round, not counted
     for sub in subs:
         while sub.unique < 1:
             await sub.receive(1, {"last": 0.0, "deliveries": 0})
@@ -44,7 +48,7 @@ async def fan_out(port: int, pid: int, channels: list[str], rounds: int, query: 
         async with trio.open_nursery() as nursery:
             for sub in subs:
                 nursery.start_soon(sub.receive, rounds, stats)
-            loop = await control(port, query)
+            loop = await control(control_port, query)
     wall = (stats["last"] - start) / 1000
     server_cpu, own_cpu = cpu_seconds(pid) - cpu0, time.process_time() - own0
     unique = sum(s.unique for s in subs)

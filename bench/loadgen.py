@@ -172,12 +172,24 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def running_server(gc_mode: str = "tuned", transport: str = "trio-websocket") -> AsyncIterator[tuple[int, int]]:
+async def running_server(
+    gc_mode: str = "tuned", transport: str = "trio-websocket", *extra: str
+) -> AsyncIterator[tuple[int, int]]:
     """Run ``peer_server.py`` on a free port, pinned to CPU 0; yields its pid and port
     once it accepts connections, and stops it afterwards."""
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, str(HERE / "peer_server.py"), "--port", str(port), "--gc", gc_mode, "--transport", transport],
+        [
+            sys.executable,
+            str(HERE / "peer_server.py"),
+            "--port",
+            str(port),
+            "--gc",
+            gc_mode,
+            "--transport",
+            transport,
+            *extra,
+        ],
         preexec_fn=lambda: pin(0),
         stdout=subprocess.DEVNULL,
     )

@@ -30,7 +30,7 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from modelence_trio import App, Hub, HubConfig, Module, ServerChannel
+from modelence_trio import App, Hub, HubConfig, Module, MongoFanout, ServerChannel
 from modelence_trio._serve import serve_stream
 
 PAD = "x" * 56
@@ -157,16 +157,20 @@ def tune_gc(gc_mode: str) -> None:
         gc.set_threshold(100_000, 50, 1000)
 
 
-async def main(port: int, gc_mode: str) -> None:
-    hub = Hub(channels.values(), config=HubConfig())
+async def main(port: int, gc_mode: str, mongodb_uri: str | None = None, poll_interval: float = 0.05) -> None:
+    fanout = MongoFanout.from_uri(mongodb_uri, poll_interval=poll_interval) if mongodb_uri else None
+    hub = Hub(channels.values(), config=HubConfig(), fanout=fanout)
     listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
     tune_gc(gc_mode)
-    print(f"modelence-trio peer server on port {port} (gc={gc_mode})", flush=True)
+    print(f"modelence-trio peer server on port {port} (gc={gc_mode}, fan-out={bool(fanout)})", flush=True)
 
     async def handler(stream: trio.SocketStream) -> None:
         await handle(hub, stream)
 
-    await trio.serve_listeners(handler, listeners)
+    async with trio.open_nursery() as nursery:
+        if fanout is not None:
+            nursery.start_soon(hub.run)  # runs the fan-out's writer and poller
+        await trio.serve_listeners(handler, listeners)
 
 
 async def main_hypercorn(port: int, gc_mode: str) -> None:
@@ -203,6 +207,11 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--gc", choices=["default", "tuned"], default="tuned")
     parser.add_argument("--transport", choices=["trio-websocket", "hypercorn"], default="trio-websocket")
+    parser.add_argument("--mongodb-uri", help="share broadcasts with other instances through this MongoDB")
+    parser.add_argument("--poll-interval", type=float, default=0.05, help="fan-out poll interval, seconds")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        trio.run(main if args.transport == "trio-websocket" else main_hypercorn, args.port, args.gc)
+        if args.transport == "hypercorn":
+            trio.run(main_hypercorn, args.port, args.gc)
+        else:
+            trio.run(main, args.port, args.gc, args.mongodb_uri, args.poll_interval)

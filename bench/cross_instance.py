@@ -1,0 +1,103 @@
+"""Two instances on one MongoDB: broadcast-to-delivery latency and throughput across them.
+
+    .venv/bin/python bench/cross_instance.py                    # 1,000 broadcasts/s for 10 s
+    .venv/bin/python bench/cross_instance.py --rate 2000 --subscribers 200
+    MONGODB_URI=mongodb://... .venv/bin/python bench/cross_instance.py
+
+Starts an nx-27017 wire server (unless ``MONGODB_URI`` is set) and two
+``bench/peer_server.py --mongodb-uri`` instances. Subscribers join
+``chat:room1`` on instance B; instance A broadcasts there at a fixed rate
+(``ServerChannel.broadcast``, as an app would), so every delivery crossed the
+database: A's writer stored it, B's poller found it. Prints the latency
+(receive time minus the broadcast's timestamp), throughput and any loss,
+duplicate or reordering. It asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, contextmanager
+
+import trio
+from fanout import fan_out
+from loadgen import become_load_generator, free_port, running_server
+
+
+@contextmanager
+def mongodb() -> Iterator[str]:
+    """``MONGODB_URI``, or an nx-27017 started for the run; a fresh database either way."""
+    database = f"bench_{uuid.uuid4().hex[:8]}"
+    uri = os.environ.get("MONGODB_URI")
+    if uri:
+        base, _, query = uri.partition("?")
+        yield f"{base.rstrip('/')}/{database}?{query}"
+        return
+    port = free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        server = subprocess.Popen(
+            [
+                os.path.join(os.path.dirname(sys.executable), "nx-27017"),
+                "--db",
+                "memory",
+                "-p",
+                str(port),
+                "--log-file",
+                f"{folder}/log",
+                "--pid-file",
+                f"{folder}/pid",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            for _ in range(200):
+                try:
+                    socket.create_connection(("127.0.0.1", port), 1).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            yield f"mongodb://127.0.0.1:{port}/{database}?directConnection=true"
+        finally:
+            server.terminate()
+            server.wait(10)
+
+
+async def run(args: argparse.Namespace, uri: str) -> None:
+    async with AsyncExitStack() as stack:
+        options = ("--mongodb-uri", uri, "--poll-interval", str(args.poll_interval))
+        _, port_a = await stack.enter_async_context(running_server("tuned", "trio-websocket", *options))
+        pid_b, port_b = await stack.enter_async_context(running_server("tuned", "trio-websocket", *options))
+        count = int(args.rate * args.duration)
+        query = f"channel=chat:room1&count={count}&rate={args.rate}"
+        result = await fan_out(port_b, pid_b, ["chat:room1"] * args.subscribers, count, query, control_port=port_a)
+        result["broadcasts/s offered"] = args.rate
+        result["broadcasts/s delivered"] = round(result["deliveries/s"] / args.subscribers)  # type: ignore[operator]
+        print(json.dumps(result), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=1000, help="broadcasts per second from instance A")
+    parser.add_argument("--duration", type=float, default=10, help="seconds")
+    parser.add_argument("--subscribers", type=int, default=100, help="subscribers on instance B")
+    parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument("--poll-interval", type=float, default=0.05, help="the fan-out's, in seconds")
+    args = parser.parse_args()
+    become_load_generator()
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')} cpus={os.cpu_count()} python={sys.version.split()[0]}", flush=True)
+    for _ in range(args.reps):
+        with mongodb() as uri:
+            trio.run(run, args, uri)
+
+
+if __name__ == "__main__":
+    main()
