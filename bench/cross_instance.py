@@ -80,7 +80,9 @@ async def run(args: argparse.Namespace, uri: str) -> None:
         query = f"channel=chat:room1&count={count}&rate={args.rate}"
         result = await fan_out(port_b, pid_b, ["chat:room1"] * args.subscribers, count, query, control_port=port_a)
         result["broadcasts/s offered"] = args.rate
-        result["broadcasts/s delivered"] = round(result["deliveries/s"] / args.subscribers)  # type: ignore[operator]
+        deliveries = result["deliveries/s"]
+        assert isinstance(deliveries, int)
+        result["broadcasts/s delivered"] = round(deliveries / args.subscribers)
         print(json.dumps(result), flush=True)
 
 
