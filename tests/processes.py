@@ -60,23 +60,24 @@ def start_hypercorn(app: str = CHAT_APP, *options: str) -> CliServer:
 def start_server(command: list[str], pattern: str, *, read_stderr: bool = False, timeout: float = 20) -> CliServer:
     """Start a server process and wait for the line that tells its URL."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MONGODB_URI", None)  # a single instance unless a test says otherwise
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     output = process.stderr if read_stderr else process.stdout
     assert output is not None
-    seen = []
+    seen = ""
     deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as selector:
         selector.register(output, selectors.EVENT_READ)
         while time.monotonic() < deadline and process.poll() is None:
             if selector.select(timeout=0.1):
-                line = output.readline()
-                seen.append(line)
-                found = re.search(pattern, line)
+                # Raw reads: a buffered readline could keep the line we wait for in its buffer.
+                seen += os.read(output.fileno(), 65536).decode(errors="replace")
+                found = re.search(pattern, seen)
                 if found:
                     return CliServer(process, found.group(1))
     process.kill()
     _, err = process.communicate()
-    raise AssertionError(f"the server did not start: {command}\n{''.join(seen)}{err}")
+    raise AssertionError(f"the server did not start: {command}\n{seen}{err}")
 
 
 @contextmanager
