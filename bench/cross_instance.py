@@ -73,7 +73,7 @@ def mongodb() -> Iterator[str]:
 
 async def run(args: argparse.Namespace, uri: str) -> None:
     async with AsyncExitStack() as stack:
-        options = ("--mongodb-uri", uri, "--poll-interval", str(args.poll_interval))
+        options = ("--mongodb-uri", uri, "--poll-interval", str(args.poll_interval), "--ttl", str(args.ttl))
         _, port_a = await stack.enter_async_context(running_server("tuned", "trio-websocket", *options))
         pid_b, port_b = await stack.enter_async_context(running_server("tuned", "trio-websocket", *options))
         count = int(args.rate * args.duration)
@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=100, help="subscribers on instance B")
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--poll-interval", type=float, default=0.05, help="the fan-out's, in seconds")
+    parser.add_argument("--ttl", type=float, default=60, help="the fan-out's TTL of stored broadcasts, in seconds")
     args = parser.parse_args()
     become_load_generator()
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} cpus={os.cpu_count()} python={sys.version.split()[0]}", flush=True)

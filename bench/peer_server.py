@@ -157,8 +157,10 @@ def tune_gc(gc_mode: str) -> None:
         gc.set_threshold(100_000, 50, 1000)
 
 
-async def main(port: int, gc_mode: str, mongodb_uri: str | None = None, poll_interval: float = 0.05) -> None:
-    fanout = MongoFanout.from_uri(mongodb_uri, poll_interval=poll_interval) if mongodb_uri else None
+async def main(
+    port: int, gc_mode: str, mongodb_uri: str | None = None, poll_interval: float = 0.05, ttl: float = 60
+) -> None:
+    fanout = MongoFanout.from_uri(mongodb_uri, poll_interval=poll_interval, ttl=ttl) if mongodb_uri else None
     hub = Hub(channels.values(), config=HubConfig(), fanout=fanout)
     listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
     tune_gc(gc_mode)
@@ -209,9 +211,10 @@ if __name__ == "__main__":
     parser.add_argument("--transport", choices=["trio-websocket", "hypercorn"], default="trio-websocket")
     parser.add_argument("--mongodb-uri", help="share broadcasts with other instances through this MongoDB")
     parser.add_argument("--poll-interval", type=float, default=0.05, help="fan-out poll interval, seconds")
+    parser.add_argument("--ttl", type=float, default=60, help="fan-out TTL of stored broadcasts, seconds")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
         if args.transport == "hypercorn":
             trio.run(main_hypercorn, args.port, args.gc)
         else:
-            trio.run(main, args.port, args.gc, args.mongodb_uri, args.poll_interval)
+            trio.run(main, args.port, args.gc, args.mongodb_uri, args.poll_interval, args.ttl)
