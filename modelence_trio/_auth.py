@@ -49,6 +49,25 @@ class Identity:
         return self.user is None
 
 
+class IdentityView:
+    """``user``, ``session`` and ``roles`` read through to ``identity``: the
+    contexts handed to access checks, publish handlers and methods."""
+
+    identity: Identity
+
+    @property
+    def user(self) -> User | None:
+        return self.identity.user
+
+    @property
+    def session(self) -> Any:
+        return self.identity.session
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        return self.identity.roles
+
+
 class Authenticator(Protocol):
     """Resolves a session token presented at the WebSocket handshake.
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic
 import attrs
 from typing_extensions import TypeVar
 
-from ._auth import Identity, User
+from ._auth import Identity, IdentityView
 from ._wire import Outgoing
 from .protocol import ProtocolError, encode_message, split_channel, validate_category
 from .protocol._names import valid_channel_id
@@ -40,7 +40,7 @@ class PublishRejected(Exception):
 
 
 @attrs.frozen
-class ChannelContext:
+class ChannelContext(IdentityView):
     """Everything an access check or publish handler may decide on.
 
     Unlike the reference, the channel id is here, so per-user channels are one
@@ -51,18 +51,6 @@ class ChannelContext:
     category: str
     channel_id: str
     connection_id: str
-
-    @property
-    def user(self) -> User | None:
-        return self.identity.user
-
-    @property
-    def session(self) -> Any:
-        return self.identity.session
-
-    @property
-    def roles(self) -> tuple[str, ...]:
-        return self.identity.roles
 
     @property
     def channel(self) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from ._auth import Identity, User
+from ._auth import Identity, IdentityView
 from ._hub import Hub
 from .protocol import HandshakeRejected, token_from_cookie
 
@@ -28,25 +28,13 @@ ERROR_CODE_HEADER = b"x-modelence-error-code"
 
 
 @attrs.frozen
-class MethodContext:
+class MethodContext(IdentityView):
     """Who calls a method: what the session token resolved to, with the app's
     default roles, plus the ``clientInfo`` the client sent (untrusted)."""
 
     identity: Identity
     method: str
     client_info: Any = None
-
-    @property
-    def user(self) -> User | None:
-        return self.identity.user
-
-    @property
-    def session(self) -> Any:
-        return self.identity.session
-
-    @property
-    def roles(self) -> tuple[str, ...]:
-        return self.identity.roles
 
 
 #: ``def method(args, ctx)``, plain or ``async``; returns JSON-serialisable data.

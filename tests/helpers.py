@@ -50,3 +50,15 @@ async def start_server(
     app = App([Module("test", channels=channels)], authenticator=authenticator, config=config)
     urls = await nursery.start(app.serve, "127.0.0.1", 0)
     return urls[0].replace("http://", "ws://") + "/ws", app.hub
+
+
+async def expect_close(ws: trio_websocket.WebSocketConnection, code: int, timeout: float = 10) -> None:
+    """The server closes ``ws`` with ``code`` next (after any frames already read)."""
+    with trio.fail_after(timeout):
+        try:
+            await ws.get_message()
+        except trio_websocket.ConnectionClosed as exc:
+            assert exc.reason is not None
+            assert exc.reason.code == code
+        else:
+            raise AssertionError(f"expected close {code}")

@@ -12,7 +12,7 @@ import urllib.request
 import trio
 import trio_websocket
 
-from .helpers import receive_json, request
+from .helpers import expect_close, receive_json, request
 from .processes import CHAT_APP, ROOT, cli_server, start_cli, start_hypercorn
 
 
@@ -39,14 +39,7 @@ async def test_sigterm_delivers_what_was_broadcast_then_closes_with_1001() -> No
             server.process.send_signal(signal.SIGTERM)
             texts = [(await receive_json(ws))["data"]["text"] for _ in range(100)]
             assert texts == [f"m{n}" for n in range(100)]
-            with trio.fail_after(10):
-                try:
-                    await ws.get_message()
-                except trio_websocket.ConnectionClosed as exc:
-                    assert exc.reason is not None
-                    assert exc.reason.code == 1001
-                else:
-                    raise AssertionError("expected close 1001")
+            await expect_close(ws, 1001, timeout=10)
         code, err = await trio.to_thread.run_sync(server.stop)
         assert code == 0, err
         assert "SIGTERM, shutting down" in err
@@ -82,14 +75,7 @@ async def test_plain_hypercorn_serves_the_app_and_shuts_down_with_1001() -> None
             await trio.to_thread.run_sync(post_method, server.url, "chat.sendMessage", args, "ann")
             assert (await receive_json(ws))["data"]["text"] == "via hypercorn"
             server.process.send_signal(signal.SIGTERM)
-            with trio.fail_after(15):
-                try:
-                    await ws.get_message()
-                except trio_websocket.ConnectionClosed as exc:
-                    assert exc.reason is not None
-                    assert exc.reason.code == 1001
-                else:
-                    raise AssertionError("expected close 1001")
+            await expect_close(ws, 1001, timeout=15)
         code, err = await trio.to_thread.run_sync(server.stop)
         assert code == 0, err
     finally:

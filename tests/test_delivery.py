@@ -8,7 +8,7 @@ import trio_websocket
 
 from modelence_trio import Hub, HubConfig, ServerChannel, serve_websocket
 
-from .helpers import TRANSPORTS, receive_json, request, start_server
+from .helpers import TRANSPORTS, expect_close, receive_json, request, start_server
 
 
 async def test_many_broadcasts_reach_many_clients_in_order(nursery: trio.Nursery) -> None:
@@ -109,13 +109,7 @@ async def test_cancelling_the_server_flushes_then_closes_with_1001(transport: st
             server_scope.cancel()  # shut down with 500 frames still queued
             got = [(await receive_json(ws))["data"]["seq"] for _ in range(500)]
             assert got == list(range(500))
-            with trio.fail_after(5):
-                try:
-                    await ws.get_message()
-                except trio_websocket.ConnectionClosed as exc:
-                    assert exc.reason is not None and exc.reason.code == 1001
-                else:
-                    raise AssertionError("expected close 1001")
+            await expect_close(ws, 1001, timeout=5)
         # Nothing is accepted any more.
         try:
             async with trio_websocket.open_websocket_url(url):
