@@ -11,8 +11,8 @@ import attrs
 from typing_extensions import TypeVar
 
 from ._auth import Identity, IdentityView
-from ._wire import Outgoing
-from .protocol import ProtocolError, encode_message, split_channel, validate_category
+from ._history import History
+from .protocol import ProtocolError, split_channel, validate_category
 from .protocol._names import valid_channel_id
 
 if TYPE_CHECKING:
@@ -70,6 +70,9 @@ class ServerChannel(Generic[T]):
             An exception counts as a denial (and is logged), never as a crash.
         on_message: handles client publishes into this category; without it,
             clients get ``error`` ``publish_not_allowed``.
+        history: how many recent messages per channel each hub keeps so that
+            reconnecting clients recover what they missed (``join`` with
+            ``since``); ``None`` keeps none.
 
     A channel delivers through every :class:`Hub` built with it (normally one).
     """
@@ -79,8 +82,11 @@ class ServerChannel(Generic[T]):
         category: str,
         can_access: AccessCheck | None = None,
         on_message: MessageHandler[T] | None = None,
+        *,
+        history: History | None = History(),
     ) -> None:
         self.category = validate_category(category)
+        self.history = history
         self.can_access = can_access
         self.on_message = on_message
         # Weak, so a Hub that is gone stops receiving; a tuple, because
@@ -111,12 +117,11 @@ class ServerChannel(Generic[T]):
             except ProtocolError as exc:
                 raise ValueError(exc.message) from None
             raise ValueError(f"invalid channel id {channel_id!r}")
-        frame = Outgoing.from_text(encode_message(name, data))
         delivered = False
         for ref in self._hubs:
             hub = ref()
             if hub is not None:
-                hub.broadcast(name, frame)
+                hub.broadcast(self, name, data)
                 delivered = True
         if not delivered:
             raise RuntimeError(f"{self!r} is not part of any Hub; build a Hub with it first")

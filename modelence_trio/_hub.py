@@ -17,6 +17,7 @@ from ._auth import Authenticator, Identity, _roles
 from ._channel import ChannelContext, PublishRejected, ServerChannel
 from ._connection import Connection
 from ._fanout import MongoFanout
+from ._history import History, HistoryBook
 from ._registry import Registry
 from ._transport import Transport
 from ._wire import Outgoing
@@ -36,6 +37,7 @@ from .protocol import (
     Publish,
     Published,
     Welcome,
+    encode_message,
     error_reply,
     parse_client_frame,
     token_from_request,
@@ -149,6 +151,7 @@ class Hub:
             max_id_length=config.max_id_length, max_ref_length=config.max_ref_length, max_depth=config.max_depth
         )
         self._registry = Registry()
+        self._histories = HistoryBook()
         self._connections: set[Connection] = set()
         self._shields: set[trio.CancelScope] = set()
         self._stopping = False
@@ -162,12 +165,23 @@ class Hub:
     def channels(self) -> Sequence[ServerChannel[Any]]:
         return tuple(self._channels.values())
 
-    def broadcast(self, channel: str, frame: Outgoing) -> None:
-        """Deliver an encoded ``message`` frame to local subscribers at once,
-        and hand it to the fan-out (if any) for other instances."""
-        self._registry.deliver(channel, frame)
+    def broadcast(self, channel: ServerChannel[Any], name: str, data: Any) -> None:
+        """Encode a broadcast once (with its offset, if the channel keeps a
+        history), deliver it to local subscribers at once, and hand it to the
+        fan-out (if any) for other instances."""
+        history = self._history_of(channel)
+        if history is not None:
+            frame = self._histories.record(name, data, history, _now())
+        else:
+            frame = Outgoing.from_text(encode_message(name, data))
+        self._registry.deliver(name, frame)
         if self.fanout is not None:
-            self.fanout.publish(channel, frame.text)
+            self.fanout.publish(name, frame.text)
+
+    def _history_of(self, channel: ServerChannel[Any] | None) -> History | None:
+        # With a fan-out, other instances' messages carry no offsets yet, so a
+        # local history would have holes: recovery is off (joined says so).
+        return None if channel is None or self.fanout is not None else channel.history
 
     def deliver(self, channel: str, frame: Outgoing) -> int:
         """Queue an already-encoded ``message`` frame for local subscribers only
@@ -194,6 +208,7 @@ class Hub:
                 self._stopping = False
                 nursery.start_soon(self._heartbeats)
                 nursery.start_soon(self._session_checks)
+                nursery.start_soon(self._sweep_histories)
                 if self.fanout is not None:
                     nursery.start_soon(self.fanout.run, self.deliver)
             raise AssertionError("unreachable: the heartbeats never end")  # pragma: no cover
@@ -220,6 +235,21 @@ class Hub:
         scope is the shield, so it costs no extra cancel scope.
         """
         return _ShieldedConnection(self, nursery.cancel_scope)
+
+    async def _sweep_histories(self) -> NoReturn:
+        """Forget channels whose history has aged out, so that a hub that saw
+        many channels does not keep an empty record of each."""
+        ages = [c.history.max_age for c in self._channels.values() if c.history is not None]
+        if not ages:
+            await trio.sleep_forever()
+
+        def max_age(name: str) -> float:
+            channel = self._channels.get(name.partition(":")[0])
+            return channel.history.max_age if channel is not None and channel.history is not None else 0.0
+
+        while True:
+            await trio.sleep(min(ages))
+            self._histories.sweep(trio.current_time(), max_age)
 
     async def _session_checks(self) -> None:
         check = getattr(self.authenticator, "check", None)
@@ -386,6 +416,10 @@ class Hub:
             why = f"no channel category {ctx.category!r}"
             conn.reply(JoinError(frame.channel, ErrorCode.UNKNOWN_CHANNEL, why, frame.ref))
             return
+        history = self._history_of(server_channel)
+        # Already joined: it missed nothing (if the channel keeps a history at all).
+        recovered: bool | None = None if frame.since is None else history is not None
+        replay: list[Outgoing] = []
         if not self._registry.is_subscribed(conn, frame.channel):
             refusal = self._join_refusal(conn)
             if refusal is not None:
@@ -401,8 +435,15 @@ class Hub:
                 return
             if conn.close_reason is not None:
                 return
+            # From here to the last replayed frame nothing awaits, so no
+            # broadcast falls between the replay and live delivery.
+            if frame.since is not None:
+                recovered, replay = self._histories.replay(frame.channel, frame.since, history, trio.current_time())
             self._registry.subscribe(conn, frame.channel)
-        conn.reply(Joined(frame.channel, frame.ref))
+        position = (self._histories.last, self._histories.epoch) if history is not None else (None, None)
+        conn.reply(Joined(frame.channel, frame.ref, recovered, *position))
+        for out in replay:
+            conn.send(out)
 
     def _join_refusal(self, conn: Connection) -> tuple[ErrorCode, str] | None:
         limit = self.config.max_channels_per_connection
@@ -438,6 +479,15 @@ class Hub:
             return
         if frame.ref is not None:
             conn.reply(Published(frame.channel, frame.ref))
+
+
+def _now() -> float:
+    """Trio's clock (virtual under MockClock); a broadcast made outside Trio is
+    stamped as already old, so it only ever makes recovery fail, never lie."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return -math.inf
 
 
 class _ShieldedConnection:

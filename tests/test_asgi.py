@@ -38,7 +38,7 @@ def scope(query: bytes = b"", extensions: dict[str, Any] | None = None) -> dict[
 
 
 async def test_plain_asgi_send_path(nursery: trio.Nursery) -> None:
-    chat = ServerChannel("chat")
+    chat = ServerChannel("chat", history=None)  # no offsets: the frames are exactly these
     app = App([Module("m", channels=[chat])], config=HubConfig(heartbeat_interval=None))
     server = FakeServer()
     nursery.start_soon(app, scope(), server.receive, server.send)

@@ -26,6 +26,7 @@ from modelence_trio.protocol import (
     ProtocolError,
     Publish,
     Published,
+    Since,
     Welcome,
     encode,
     encode_message,
@@ -103,8 +104,43 @@ def test_server_frames_round_trip(frame: Any) -> None:
 
 
 def test_server_frame_parser_ignores_unknown_fields() -> None:
-    text = '{"type":"message","channel":"a:b","data":1,"offset":17,"epoch":"e1"}'
-    assert parse_server_frame(text) == Message("a:b", 1)
+    text = '{"type":"message","channel":"a:b","data":1,"offset":17,"epoch":"e1","shard":3}'
+    assert parse_server_frame(text) == Message("a:b", 1, 17, "e1")
+
+
+def test_offsets_and_recovery_fields_round_trip() -> None:
+    message = Message("chat:a", {"t": 1}, 42, "ep-1")
+    assert encode(message) == '{"type":"message","channel":"chat:a","data":{"t":1},"offset":42,"epoch":"ep-1"}'
+    assert parse_server_frame(encode(message)) == message
+    assert encode(Message("chat:a", 1)) == '{"type":"message","channel":"chat:a","data":1}'  # no history: no offset
+    join = Join("chat:a", 7, Since(41, "ep-1"))
+    assert json.loads(encode(join)) == {
+        "type": "join",
+        "channel": "chat:a",
+        "since": {"offset": 41, "epoch": "ep-1"},
+        "ref": 7,
+    }
+    assert parse_client_frame(encode(join)) == join
+    assert parse_server_frame(encode(Joined("chat:a", 7, True))) == Joined("chat:a", 7, True)
+    assert "recovered" not in encode(Joined("chat:a"))  # a join without since
+
+
+@pytest.mark.parametrize(
+    "since",
+    [
+        5,
+        "x",
+        {"offset": -1, "epoch": "e"},
+        {"offset": 1},
+        {"offset": True, "epoch": "e"},
+        {"offset": 1, "epoch": "e" * 65},
+    ],
+)
+def test_bad_since_is_a_join_error(since: object) -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse_client_frame(json.dumps({"type": "join", "channel": "chat:a", "since": since, "ref": 3}))
+    reply = error_reply(info.value)
+    assert reply == JoinError("chat:a", "invalid_field", info.value.message, 3)
 
 
 def test_client_frame_parser_ignores_unknown_fields() -> None:

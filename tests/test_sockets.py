@@ -82,16 +82,29 @@ async def test_bad_token_is_refused_with_401(url: str, suffix: str) -> None:
 async def test_join_message_leave(url: str, chat: ServerChannel[object]) -> None:
     async with trio_websocket.open_websocket_url(url) as ws:
         await receive_json(ws)
-        assert await request(ws, {"type": "join", "channel": "chat:room1", "ref": 1}) == {
-            "type": "joined",
-            "channel": "chat:room1",
-            "ref": 1,
-        }
+        joined = await request(ws, {"type": "join", "channel": "chat:room1", "ref": 1})
+        start, epoch = joined.pop("offset"), joined.pop("epoch")
+        assert joined == {"type": "joined", "channel": "chat:room1", "ref": 1}
+        assert isinstance(start, int) and isinstance(epoch, str) and epoch
         chat.broadcast("room1", {"text": "hi"})
         chat.broadcast("room2", {"text": "not for you"})
         chat.broadcast("room1", {"text": "again"})
-        assert await receive_json(ws) == {"type": "message", "channel": "chat:room1", "data": {"text": "hi"}}
-        assert await receive_json(ws) == {"type": "message", "channel": "chat:room1", "data": {"text": "again"}}
+        first, second = await receive_json(ws), await receive_json(ws)
+        assert first == {
+            "type": "message",
+            "channel": "chat:room1",
+            "data": {"text": "hi"},
+            "offset": start + 1,
+            "epoch": epoch,
+        }
+        # Offsets increase per channel (one counter per hub: room2's message took start + 2).
+        assert second == {
+            "type": "message",
+            "channel": "chat:room1",
+            "data": {"text": "again"},
+            "offset": start + 3,
+            "epoch": epoch,
+        }
         assert await request(ws, {"type": "leave", "channel": "chat:room1", "ref": "two"}) == {
             "type": "left",
             "channel": "chat:room1",

@@ -32,6 +32,7 @@ from ._frames import (
     Published,
     Ref,
     ServerFrame,
+    Since,
     Welcome,
 )
 from ._handshake import HandshakeRejected, token_from_cookie, token_from_request
@@ -61,6 +62,7 @@ __all__ = [
     "Published",
     "Ref",
     "ServerFrame",
+    "Since",
     "Welcome",
     "encode",
     "encode_message",

@@ -29,6 +29,7 @@ from ._frames import (
     Published,
     Ref,
     ServerFrame,
+    Since,
     Welcome,
 )
 from ._names import DEFAULT_MAX_ID_LENGTH, split_channel
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 _MAX_SAFE_INT = 2**53  # the largest integer every JavaScript client reads exactly
+MAX_EPOCH_LENGTH = 64
 
 
 @attrs.frozen
@@ -76,7 +78,7 @@ else:  # pragma: no cover - interpreters without the C accelerator
     _dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode  # type: ignore[assignment]
 
 
-def encode_message(channel: str, data: JsonValue) -> str:
+def encode_message(channel: str, data: JsonValue, offset: int | None = None, epoch: str | None = None) -> str:
     """Encode a delivery; the broadcast hot path, called once per broadcast.
 
     Raises:
@@ -86,19 +88,29 @@ def encode_message(channel: str, data: JsonValue) -> str:
         body = _dumps(data)
     except (TypeError, ValueError, RecursionError) as exc:
         raise TypeError(f"broadcast data for {channel!r} is not JSON-serializable: {exc}") from None
-    return '{"type":"message","channel":' + _dumps(channel) + ',"data":' + body + "}"
+    head = '{"type":"message","channel":' + _dumps(channel) + ',"data":' + body
+    if offset is None:
+        return head + "}"
+    return head + ',"offset":' + str(int(offset)) + ',"epoch":' + _dumps(epoch) + "}"
 
 
 def encode(frame: ClientFrame | ServerFrame) -> str:
     """Encode any frame as one JSON object, ``type`` first and ``ref`` only when set."""
     if isinstance(frame, Message):
-        return encode_message(frame.channel, frame.data)
+        return encode_message(frame.channel, frame.data, frame.offset, frame.epoch)
     wire_type, fields = _ENCODERS[type(frame)]
     obj: dict[str, Any] = {"type": wire_type}
     for name in fields:
         obj[name] = getattr(frame, name)
     if isinstance(frame, Welcome):
         obj["roles"] = list(frame.roles)
+    elif isinstance(frame, Join) and frame.since is not None:
+        obj["since"] = {"offset": frame.since.offset, "epoch": frame.since.epoch}
+    elif isinstance(frame, Joined):
+        if frame.recovered is not None:
+            obj["recovered"] = frame.recovered
+        if frame.offset is not None:
+            obj["offset"], obj["epoch"] = frame.offset, frame.epoch
     ref = getattr(frame, "ref", None)
     if ref is not None:
         obj["ref"] = ref
@@ -185,8 +197,35 @@ def _channel(obj: Mapping[str, Any], ref: Ref, limits: Limits) -> str:
     return name
 
 
+def _since(obj: Mapping[str, Any], ref: Ref) -> Since | None:
+    since = obj.get("since")
+    if since is None:
+        return None
+    offset = since.get("offset") if isinstance(since, dict) else None
+    epoch = since.get("epoch") if isinstance(since, dict) else None
+    if (
+        not isinstance(offset, int)
+        or isinstance(offset, bool)
+        or not 0 <= offset <= _MAX_SAFE_INT
+        or not isinstance(epoch, str)
+        or len(epoch) > MAX_EPOCH_LENGTH
+    ):
+        raise ProtocolError(
+            ErrorCode.INVALID_FIELD,
+            f'\'since\' must be {{"offset": <integer >= 0>, "epoch": <string of at most {MAX_EPOCH_LENGTH}>}}',
+            ref=ref,
+        )
+    return Since(offset, epoch)
+
+
 def _parse_join(obj: Mapping[str, Any], ref: Ref, limits: Limits) -> ClientFrame:
-    return Join(_channel(obj, ref, limits), ref)
+    channel = _channel(obj, ref, limits)
+    try:
+        since = _since(obj, ref)
+    except ProtocolError as exc:
+        exc.channel = channel
+        raise
+    return Join(channel, ref, since)
 
 
 def _parse_leave(obj: Mapping[str, Any], ref: Ref, limits: Limits) -> ClientFrame:
@@ -261,6 +300,13 @@ def _any_ref(obj: Mapping[str, Any]) -> Ref:
     return ref if isinstance(ref, (str, int)) and not isinstance(ref, bool) else None
 
 
+def _position(obj: Mapping[str, Any]) -> tuple[int, str] | tuple[None, None]:
+    offset, epoch = obj.get("offset"), obj.get("epoch")
+    if isinstance(offset, int) and not isinstance(offset, bool) and isinstance(epoch, str):
+        return offset, epoch
+    return None, None
+
+
 def parse_server_frame(text: str | bytes) -> ServerFrame:
     """Parse one message from the server (the client's side of the protocol).
 
@@ -273,9 +319,11 @@ def parse_server_frame(text: str | bytes) -> ServerFrame:
     ref = _any_ref(obj)
     try:
         if kind == "message":
-            return Message(_string(obj, "channel", ref), obj.get("data"))
+            return Message(_string(obj, "channel", ref), obj.get("data"), *_position(obj))
         if kind == "joined":
-            return Joined(_string(obj, "channel", ref), ref)
+            recovered = obj.get("recovered")
+            recovered = recovered if isinstance(recovered, bool) else None
+            return Joined(_string(obj, "channel", ref), ref, recovered, *_position(obj))
         if kind == "left":
             return Left(_string(obj, "channel", ref), ref)
         if kind == "join_error":

@@ -45,9 +45,19 @@ Ref: TypeAlias = "str | int | None"
 
 
 @attrs.frozen
+class Since:
+    """Where a re-joining client left off: the last ``message`` it got on the channel."""
+
+    offset: int
+    epoch: str
+
+
+@attrs.frozen
 class Join:
     channel: str
     ref: Ref = None
+    #: Ask for the messages after this one (recovery after a reconnect).
+    since: Since | None = None
 
 
 @attrs.frozen
@@ -90,6 +100,12 @@ class Welcome:
 class Joined:
     channel: str
     ref: Ref = None
+    #: Answers a join with ``since``: true when every message after it follows.
+    recovered: bool | None = None
+    #: Where live delivery starts (the channel keeps a history): the position to
+    #: ask ``since`` from if the connection drops before any message arrives.
+    offset: int | None = None
+    epoch: str | None = None
 
 
 @attrs.frozen
@@ -108,10 +124,14 @@ class JoinError:
 
 @attrs.frozen
 class Message:
-    """A delivery. Later protocol revisions add fields (offsets); readers ignore them."""
+    """A delivery. ``offset`` increases per channel; ``epoch`` names the history
+    the offsets belong to (a new one when that history is reset). Servers
+    without a history for the channel send neither."""
 
     channel: str
     data: JsonValue
+    offset: int | None = None
+    epoch: str | None = None
 
 
 @attrs.frozen

@@ -1,0 +1,104 @@
+"""Recent messages per channel, so that a client that reconnects can be sent
+what it missed (``join`` with ``since``), or be told that it cannot.
+
+Pure bookkeeping, no I/O: the hub calls it synchronously, so taking a replay
+and subscribing happen with no broadcast in between (no gap, no duplicate at
+the seam between replay and live delivery).
+"""
+
+from __future__ import annotations
+
+import collections
+import secrets
+from collections.abc import Callable
+
+import attrs
+
+from ._wire import Outgoing
+from .protocol import Since, encode_message
+from .protocol._frames import JsonValue
+
+__all__ = ["History", "HistoryBook"]
+
+
+@attrs.frozen
+class History:
+    """How much of a channel category's recent traffic a hub keeps for recovery.
+
+    ``size`` messages per channel at most, none older than ``max_age``
+    seconds. Give ``history=None`` to a ``ServerChannel`` to keep none (its
+    messages then carry no offsets, and every recovery fails).
+    """
+
+    size: int = 100
+    max_age: float = 120.0
+
+    def __attrs_post_init__(self) -> None:
+        if self.size < 1 or self.max_age <= 0:
+            raise ValueError("a history needs size >= 1 and max_age > 0")
+
+
+@attrs.define
+class _Channel:
+    entries: collections.deque[tuple[int, float, Outgoing]]
+    #: Every message up to this offset may be gone (evicted, expired, or from before).
+    floor: int
+
+
+class HistoryBook:
+    """The histories of one hub. Offsets come from one counter for the whole
+    hub, so they increase per channel and are never reused, even after a
+    channel's history is dropped; ``epoch`` is new with every hub."""
+
+    def __init__(self) -> None:
+        self.epoch = secrets.token_hex(6)
+        self._last = 0  # the last offset handed out, on any channel
+        self._forgotten = 0  # the highest offset of a channel history dropped whole
+        self._channels: dict[str, _Channel] = {}
+
+    def record(self, channel: str, data: JsonValue, history: History, now: float) -> Outgoing:
+        """Encode a broadcast with its offset and keep it."""
+        self._last += 1
+        frame = Outgoing.from_text(encode_message(channel, data, self._last, self.epoch))
+        kept = self._channels.get(channel)
+        if kept is None:
+            kept = self._channels[channel] = _Channel(collections.deque(), self._forgotten)
+        kept.entries.append((self._last, now, frame))
+        if len(kept.entries) > history.size:
+            kept.floor = kept.entries.popleft()[0]
+        self._expire(kept, now - history.max_age)
+        return frame
+
+    def replay(self, channel: str, since: Since, history: History | None, now: float) -> tuple[bool, list[Outgoing]]:
+        """Whether every message of ``channel`` after ``since`` is still held, and those messages."""
+        if history is None or since.epoch != self.epoch or since.offset > self._last:
+            return False, []
+        kept = self._channels.get(channel)
+        if kept is None:
+            return since.offset >= self._forgotten, []
+        self._expire(kept, now - history.max_age)
+        if since.offset < kept.floor:
+            return False, []
+        return True, [frame for offset, _, frame in kept.entries if offset > since.offset]
+
+    @property
+    def last(self) -> int:
+        """The last offset handed out: where live delivery starts for a join now."""
+        return self._last
+
+    def sweep(self, now: float, max_age: Callable[[str], float]) -> None:
+        """Drop the histories of channels with nothing newer than their ``max_age``."""
+        for name, kept in list(self._channels.items()):
+            if not kept.entries or kept.entries[-1][1] < now - max_age(name):
+                last = kept.entries[-1][0] if kept.entries else kept.floor
+                self._forgotten = max(self._forgotten, last)
+                del self._channels[name]
+
+    def __len__(self) -> int:
+        return sum(len(kept.entries) for kept in self._channels.values())
+
+    @staticmethod
+    def _expire(kept: _Channel, cutoff: float) -> None:
+        entries = kept.entries
+        while entries and entries[0][1] < cutoff:
+            kept.floor = entries.popleft()[0]
