@@ -26,6 +26,7 @@ from ._client import (
     open_client,
 )
 from ._fanout import FanoutOverflow, FanoutStatistics, MongoFanout
+from ._history import History
 from ._hub import Hub, HubConfig, HubStatistics
 from ._methods import MethodContext, MethodError
 from ._mongo_auth import MongoSessionAuthenticator
@@ -49,6 +50,7 @@ __all__ = [
     "ErrorCode",
     "FanoutOverflow",
     "FanoutStatistics",
+    "History",
     "Hub",
     "HubConfig",
     "HubStatistics",

@@ -21,6 +21,7 @@ from .protocol import (
     Error,
     ErrorCode,
     Join,
+    Joined,
     JoinError,
     Leave,
     Message,
@@ -28,6 +29,7 @@ from .protocol import (
     ProtocolError,
     Publish,
     ServerFrame,
+    Since,
     Welcome,
     encode,
     parse_server_frame,
@@ -188,6 +190,7 @@ class Client:
         heartbeat_interval: float | None,
         heartbeat_timeout: float,
         on_join_error: Callable[[JoinRefused], None] | None,
+        on_recovery_failed: Callable[[str], None] | None = None,
     ) -> None:
         self._dial = dial
         self._headers = [(b"Authorization", f"Bearer {token}".encode())] if token is not None else []
@@ -202,6 +205,9 @@ class Client:
         self._heartbeat_interval = heartbeat_interval
         self._heartbeat_timeout = heartbeat_timeout
         self._on_join_error = on_join_error
+        self._on_recovery_failed = on_recovery_failed
+        #: The last position seen per joined channel (from ``joined`` or a message).
+        self._positions: dict[str, Since] = {}
         self._refs = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._joined: set[str] = set()
@@ -242,12 +248,15 @@ class Client:
         reply = await self._request(lambda ref: Join(channel, ref), retry=True)
         if isinstance(reply, JoinError):
             raise JoinRefused(channel, reply.code, reply.error)
+        if channel not in self._joined and isinstance(reply, Joined):
+            self._remember(channel, reply.offset, reply.epoch)
         self._joined.add(channel)
 
     async def leave(self, channel: str) -> None:
         """Leave ``channel``; once this returns no more of its messages arrive."""
         _check_name(channel)
         self._joined.discard(channel)
+        self._positions.pop(channel, None)
         await self._request(lambda ref: Leave(channel, ref), retry=True)
 
     async def publish(self, channel: str, data: Any) -> None:
@@ -349,17 +358,26 @@ class Client:
             self._inbox[0].close()
 
     async def _rejoin(self, channels: list[str]) -> None:
+        """Join again after a reconnect, asking for what was missed (``since``)."""
         for channel in channels:
+            since = self._positions.get(channel)
             try:
-                reply = await self._request(functools.partial(_join_frame, channel), retry=False)
+                reply = await self._request(functools.partial(Join, channel, since=since), retry=False)
             except ClientError:
                 return  # disconnected again (the next connection re-joins) or closed
             if isinstance(reply, JoinError):
                 self._joined.discard(channel)
+                self._positions.pop(channel, None)
                 refusal = JoinRefused(channel, reply.code, reply.error)
                 logger.warning("re-join refused: %s", refusal)
                 if self._on_join_error is not None:
                     self._on_join_error(refusal)
+            elif isinstance(reply, Joined) and since is not None and reply.recovered is not True:
+                # The replay (if any) is already in order in the inbox; this says there is a gap before it.
+                logger.warning("messages missed on %s while disconnected could not be recovered", channel)
+                self._remember(channel, reply.offset, reply.epoch)
+                if self._on_recovery_failed is not None:
+                    self._on_recovery_failed(channel)
 
     async def _heartbeat(self, cancel_scope: trio.CancelScope) -> None:
         assert self._heartbeat_interval is not None
@@ -402,7 +420,13 @@ class Client:
             elif isinstance(frame, Error):
                 logger.warning("server error: %s: %s", frame.code, frame.error)
 
+    def _remember(self, channel: str, offset: int | None, epoch: str | None) -> None:
+        if offset is not None and epoch is not None:
+            self._positions[channel] = Since(offset, epoch)
+
     async def _dispatch(self, frame: Message) -> None:
+        if frame.channel in self._joined:
+            self._remember(frame.channel, frame.offset, frame.epoch)
         message: ClientMessage[Any] = ClientMessage(frame.channel, frame.data)
         channel = self._channels.get(message.category)
         if channel is not None and channel.on_message is not None:
@@ -454,10 +478,6 @@ class Client:
         if ws is not None:
             with trio.move_on_after(1.0):
                 await ws.aclose()
-
-
-def _join_frame(channel: str, ref: int) -> ClientFrame:
-    return Join(channel, ref)
 
 
 def _check_name(channel: str) -> None:
@@ -513,13 +533,18 @@ async def open_client(
     heartbeat_interval: float | None = 20.0,
     heartbeat_timeout: float = 20.0,
     on_join_error: Callable[[JoinRefused], None] | None = None,
+    on_recovery_failed: Callable[[str], None] | None = None,
 ) -> AsyncIterator[Client]:
     """Connect to a server and yield a :class:`Client`; close it on exit.
 
     Give either ``url`` (``ws://host:port/ws``) or ``dial`` (see
     ``modelence_trio.testing`` for an in-memory one). The first connection must
     succeed, so that a wrong URL or token fails here, loudly; after that the
-    client reconnects with ``backoff`` and re-joins its channels.
+    client reconnects with ``backoff`` and re-joins its channels, asking for
+    the messages it missed meanwhile: they arrive, in order and once, before
+    the live ones. When the server no longer has them (its history was
+    trimmed, expired or reset), ``on_recovery_failed(channel)`` is called
+    after the reconnect, so the app can reload that channel's state.
 
     Raises:
         AuthenticationFailed: the server refused ``token``.
@@ -537,6 +562,7 @@ async def open_client(
         heartbeat_interval=heartbeat_interval,
         heartbeat_timeout=heartbeat_timeout,
         on_join_error=on_join_error,
+        on_recovery_failed=on_recovery_failed,
     )
     async with background_nursery() as nursery:
         failure = await nursery.start(client._supervise)
