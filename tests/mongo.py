@@ -1,6 +1,5 @@
 """MongoDB for the tests: the one in ``MONGODB_URI``, or an nx-27017 wire server
-started for the session; a database per test; and a TCP proxy that can cut the
-database off from one instance (an outage) and let it back."""
+started for the session, and a database per test."""
 
 from __future__ import annotations
 
@@ -13,11 +12,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pymongo
 import pytest
-import trio
 from pymongo.database import Database
 
 
@@ -77,62 +74,3 @@ def database_name(mongodb_uri: str) -> Iterator[str]:
 def database(mongodb_uri: str, database_name: str) -> Iterator[Database[dict[str, Any]]]:
     with connect(mongodb_uri) as client:
         yield client[database_name]
-
-
-class Proxy:
-    """Forwards TCP to the database until ``cut()``: then every connection is
-    dropped and new ones are refused (closed at once) until ``restore()``."""
-
-    def __init__(self, uri: str) -> None:
-        where = urlsplit(uri)
-        self.target = (where.hostname or "127.0.0.1", where.port or 27017)
-        self.uri = uri
-        self.port = 0
-        self.up = True
-        self._scopes: set[trio.CancelScope] = set()
-
-    def uri_through(self) -> str:
-        where = urlsplit(self.uri)
-        netloc = where.netloc.rsplit("@", 1)
-        host = f"127.0.0.1:{self.port}"
-        netloc[-1] = host
-        return where._replace(netloc="@".join(netloc)).geturl()
-
-    async def run(self, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        await trio.serve_listeners(self._handle, listeners, task_status=task_status)
-
-    def cut(self) -> None:
-        self.up = False
-        for scope in self._scopes:
-            scope.cancel()
-
-    def restore(self) -> None:
-        self.up = True
-
-    async def _handle(self, client: trio.SocketStream) -> None:
-        if not self.up:
-            await trio.aclose_forcefully(client)
-            return
-        with trio.CancelScope() as scope:
-            self._scopes.add(scope)
-            try:
-                server = await trio.open_tcp_stream(*self.target)
-                async with server, trio.open_nursery() as nursery:
-                    nursery.start_soon(self._pipe, client, server, nursery.cancel_scope)
-                    nursery.start_soon(self._pipe, server, client, nursery.cancel_scope)
-            except OSError:
-                pass
-            finally:
-                self._scopes.discard(scope)
-        await trio.aclose_forcefully(client)
-
-    @staticmethod
-    async def _pipe(source: trio.SocketStream, sink: trio.SocketStream, done: trio.CancelScope) -> None:
-        try:
-            while data := await source.receive_some(65536):
-                await sink.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        done.cancel()  # one side ended: so does the connection

@@ -13,6 +13,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from .processes import CliServer, cli_server, start_cli
+from .proxy import proxy_thread
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
@@ -118,3 +119,26 @@ def test_page_reconnects_and_rejoins_after_a_server_restart(browser: Browser, se
         expect(bob.locator("#messages li")).to_have_text(["annbefore", "annafter the restart"])
     finally:
         restarted.stop()
+
+
+def test_page_recovers_messages_missed_while_its_network_was_down(browser: Browser, server: CliServer) -> None:
+    with proxy_thread(server.url) as (proxy, call):
+        behind_proxy = CliServer(server.process, f"http://127.0.0.1:{proxy.port}")
+        ann = open_chat(browser, behind_proxy, "ann", room="random")  # her network: the proxy
+        bob = open_chat(browser, server, "bob", room="random")
+        say(bob, "before")
+        expect(ann.locator("#messages li")).to_have_text(["bobbefore"])
+
+        call(proxy.cut)  # ann's connection drops, and she cannot reconnect
+        expect(ann.locator("#status")).to_have_text("reconnecting")
+        say(bob, "while you were away")
+        say(bob, "and this")
+        call(proxy.restore)
+
+        expect(ann.locator("#status")).to_have_text("open", timeout=20_000)
+        expect(ann.locator("#messages li")).to_have_text(["bobbefore", "bobwhile you were away", "boband this"])
+        say(bob, "live again")
+        expect(ann.locator("#messages li")).to_have_text(
+            ["bobbefore", "bobwhile you were away", "boband this", "boblive again"]
+        )
+        expect(ann.locator("#notice")).to_have_text("")  # recovered: no warning

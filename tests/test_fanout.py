@@ -18,7 +18,8 @@ from modelence_trio import Client, Hub, ServerChannel
 from modelence_trio._fanout import FanoutOverflow, MongoFanout
 from modelence_trio.testing import MemoryServer, open_memory_server
 
-from .mongo import Proxy, connect
+from .mongo import connect
+from .proxy import Proxy
 
 
 @asynccontextmanager

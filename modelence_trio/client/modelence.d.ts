@@ -56,6 +56,8 @@ export interface WebsocketsOptions {
   token?: string | null;
   onJoinError?: (error: JoinError) => void;
   onStatusChange?: (status: ConnectionStatus) => void;
+  /** After a reconnect, the messages missed on this channel could not be recovered: reload its state. */
+  onRecoveryFailed?: (channel: string) => void;
   backoff?: Backoff;
   /** Milliseconds between client pings (default 25000) and to wait for the pong (default 20000). */
   pingInterval?: number;

@@ -9,8 +9,10 @@
 //   await callMethod("chat.sendMessage", { room: "lobby", text: "hi" });
 //
 // Unlike the reference client, it re-joins every joined channel after a
-// reconnect, and join refusals reach the app (a rejected promise and the
-// onJoinError callbacks), not only the console.
+// reconnect, asking for the messages it missed meanwhile (they arrive in
+// order and once, before live ones; onRecoveryFailed says when the server no
+// longer has them), and join refusals reach the app (a rejected promise and
+// the onJoinError callbacks), not only the console.
 
 const PROTOCOL = 1;
 
@@ -76,6 +78,8 @@ export class ClientChannel {
  * @param options.token session token (default: none; setAuthToken also sets it)
  * @param options.onJoinError called for every refused join
  * @param options.onStatusChange called with "connecting" | "open" | "reconnecting" | "closed"
+ * @param options.onRecoveryFailed called with a channel name when, after a reconnect, the messages
+ *   missed on it could not be recovered (reload that channel's state)
  * @param options.backoff { initial, factor, maximum } in milliseconds, for reconnects
  */
 export function startWebsockets(options = {}) {
@@ -138,6 +142,8 @@ class Connection {
     this.categories = new Map((options.channels ?? []).map((c) => [c.category, c]));
     this.onJoinError = options.onJoinError;
     this.onStatusChange = options.onStatusChange;
+    this.onRecoveryFailed = options.onRecoveryFailed;
+    this.positions = new Map(); // channel name -> { offset, epoch }: the last message seen
     this.backoff = { initial: 500, factor: 2, maximum: 10000, ...options.backoff };
     this.pingInterval = options.pingInterval ?? 25000;
     this.pingTimeout = options.pingTimeout ?? 20000;
@@ -240,8 +246,19 @@ class Connection {
   }
 
   sendJoin(name) {
-    this.request({ type: "join", channel: name }).then(
-      () => this.settle(name, null),
+    const since = this.positions.get(name);
+    this.request(since ? { type: "join", channel: name, since } : { type: "join", channel: name }).then(
+      (joined) => {
+        if (since && joined.recovered !== true) {
+          console.warn(`modelence-trio: messages missed on ${name} could not be recovered`);
+          this.onRecoveryFailed?.(name);
+        }
+        // A position right away, for a channel that gets no message before the next drop.
+        if ((since === undefined || joined.recovered !== true) && joined.offset !== undefined) {
+          this.positions.set(name, { offset: joined.offset, epoch: joined.epoch });
+        }
+        this.settle(name, null);
+      },
       (error) => {
         if (error instanceof JoinError) this.settle(name, error);
       },
@@ -256,6 +273,7 @@ class Connection {
 
   leave(name) {
     this.joined.delete(name);
+    this.positions.delete(name);
     this.settle(name, new Error(`left ${name} before it was joined`));
     if (!this.ready) return Promise.resolve();
     return this.request({ type: "leave", channel: name }).then(() => undefined);
@@ -279,6 +297,9 @@ class Connection {
         for (const name of this.joined.keys()) this.sendJoin(name);
         break;
       case "message": {
+        if (frame.offset !== undefined && this.joined.has(frame.channel)) {
+          this.positions.set(frame.channel, { offset: frame.offset, epoch: frame.epoch });
+        }
         const category = frame.channel.slice(0, frame.channel.indexOf(":"));
         const channel = this.categories.get(category);
         if (channel) channel.onMessage(frame.data, { channel: frame.channel, id: frame.channel.slice(category.length + 1) });
@@ -288,6 +309,7 @@ class Connection {
         const error = new JoinError(frame.channel, frame.code, frame.error);
         const channel = this.joined.get(frame.channel);
         this.joined.delete(frame.channel);
+        this.positions.delete(frame.channel);
         this.reply(frame.ref, error);
         if (channel?.onJoinError) channel.onJoinError(error);
         if (this.onJoinError) this.onJoinError(error);

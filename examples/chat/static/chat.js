@@ -27,6 +27,9 @@ startWebsockets({
     $("status").textContent = status;
     $("status").dataset.status = status;
   },
+  onRecoveryFailed: (channel) => {
+    if (channel === `chat:${room}`) $("notice").textContent = "Some messages sent while you were offline are missing.";
+  },
 });
 
 async function enter(next) {
