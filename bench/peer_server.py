@@ -37,6 +37,8 @@ PAD = "x" * 56
 HEADERS_END = b"\r\n\r\n"
 
 channels = {"chat": ServerChannel("chat"), "user": ServerChannel("user")}
+if "--no-history" in sys.argv:  # the channels as before recovery existed: no offsets kept
+    channels = {name: ServerChannel(name, history=None) for name in channels}
 
 
 class ReplayStream(trio.abc.Stream):
@@ -210,6 +212,7 @@ if __name__ == "__main__":
     parser.add_argument("--gc", choices=["default", "tuned"], default="tuned")
     parser.add_argument("--transport", choices=["trio-websocket", "hypercorn"], default="trio-websocket")
     parser.add_argument("--mongodb-uri", help="share broadcasts with other instances through this MongoDB")
+    parser.add_argument("--no-history", action="store_true", help="channels keep no recovery history (no offsets)")
     parser.add_argument("--poll-interval", type=float, default=0.05, help="fan-out poll interval, seconds")
     parser.add_argument("--ttl", type=float, default=60, help="fan-out TTL of stored broadcasts, seconds")
     args = parser.parse_args()

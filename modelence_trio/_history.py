@@ -40,7 +40,9 @@ class History:
 
 @attrs.define
 class _Channel:
-    entries: collections.deque[tuple[int, float, Outgoing]]
+    #: (offset, time, the encoded frame's text): atoms only, which the garbage
+    #: collector does not track; the wire bytes are rebuilt for a replay, which is rare.
+    entries: collections.deque[tuple[int, float, str]]
     #: Every message up to this offset may be gone (evicted, expired, or from before).
     floor: int
 
@@ -59,15 +61,15 @@ class HistoryBook:
     def record(self, channel: str, data: JsonValue, history: History, now: float) -> Outgoing:
         """Encode a broadcast with its offset and keep it."""
         self._last += 1
-        frame = Outgoing.from_text(encode_message(channel, data, self._last, self.epoch))
+        text = encode_message(channel, data, self._last, self.epoch)
         kept = self._channels.get(channel)
         if kept is None:
             kept = self._channels[channel] = _Channel(collections.deque(), self._forgotten)
-        kept.entries.append((self._last, now, frame))
+        kept.entries.append((self._last, now, text))
         if len(kept.entries) > history.size:
             kept.floor = kept.entries.popleft()[0]
         self._expire(kept, now - history.max_age)
-        return frame
+        return Outgoing.from_text(text)
 
     def replay(self, channel: str, since: Since, history: History | None, now: float) -> tuple[bool, list[Outgoing]]:
         """Whether every message of ``channel`` after ``since`` is still held, and those messages."""
@@ -79,7 +81,7 @@ class HistoryBook:
         self._expire(kept, now - history.max_age)
         if since.offset < kept.floor:
             return False, []
-        return True, [frame for offset, _, frame in kept.entries if offset > since.offset]
+        return True, [Outgoing.from_text(text) for offset, _, text in kept.entries if offset > since.offset]
 
     @property
     def last(self) -> int:

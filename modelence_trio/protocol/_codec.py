@@ -91,7 +91,7 @@ def encode_message(channel: str, data: JsonValue, offset: int | None = None, epo
     head = '{"type":"message","channel":' + _dumps(channel) + ',"data":' + body
     if offset is None:
         return head + "}"
-    return head + ',"offset":' + str(int(offset)) + ',"epoch":' + _dumps(epoch) + "}"
+    return f'{head},"offset":{int(offset)},"epoch":{_dumps(epoch)}}}'
 
 
 def encode(frame: ClientFrame | ServerFrame) -> str:
