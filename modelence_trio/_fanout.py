@@ -16,6 +16,7 @@ on the database.
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime
 import itertools
 import json
@@ -23,7 +24,7 @@ import logging
 import math
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import attrs
 import pymongo
@@ -45,6 +46,16 @@ logger = logging.getLogger("modelence_trio.fanout")
 COLLECTION = "_modelenceSocketio"  # the reference's name
 COUNTERS = "_modelenceSocketioCounters"
 INDEX_OPTIONS_CONFLICT = (85, 86)  # IndexOptionsConflict, IndexKeySpecsConflict
+
+
+class FanoutSink(Protocol):
+    """What the fan-out delivers into: the hub."""
+
+    def deliver(self, channel: str, frame: Outgoing) -> int: ...
+
+    def deliver_in_sequence(self, channel: str, data: Any, seq: int) -> None: ...
+
+    def start_sequence(self, epoch: str, seq: int) -> None: ...
 
 
 class FanoutOverflow(RuntimeError):
@@ -93,6 +104,13 @@ class MongoFanout:
         gap_timeout: seconds the poller waits for a sequence number that was
             reserved but is not visible yet, before giving up on it.
         threads: database calls running at once (worker threads).
+        ordered: deliver every broadcast, this instance's own included, in
+            the shared sequence, whose numbers are then the messages'
+            offsets: a client recovers what it missed on any instance
+            (``join`` with ``since``). The price: an instance's own
+            broadcasts reach its subscribers after a round trip through
+            MongoDB instead of at once, and not at all while it is
+            unreachable (they are held, then delivered). Off by default.
     """
 
     def __init__(
@@ -107,8 +125,11 @@ class MongoFanout:
         threads: int = 4,
         retry_initial: float = 0.1,
         retry_maximum: float = 2.0,
+        ordered: bool = False,
     ) -> None:
         self.database = database
+        self.ordered = ordered
+        self.epoch: str | None = None  # the collection's, once prepared
         self.ttl = ttl
         self.poll_interval = poll_interval
         self.batch_size = batch_size
@@ -166,16 +187,16 @@ class MongoFanout:
             self._last_seq,
         )
 
-    async def run(self, deliver: Callable[[str, Outgoing], object]) -> NoReturn:
-        """Prepare the collections, then store and poll until cancelled.
-
-        ``deliver(channel, frame)`` hands other instances' broadcasts to local
-        subscribers. Broadcasts queued before the database is reachable wait.
-        """
+    async def run(self, sink: FanoutSink) -> NoReturn:
+        """Prepare the collections, then store and poll until cancelled,
+        delivering into ``sink``. Broadcasts queued before the database is
+        reachable wait."""
         await self._retrying("prepare the collections", self._prepare)
+        assert self.epoch is not None
+        sink.start_sequence(self.epoch, self._last_seq)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._write_forever)
-            await self._poll_forever(deliver)
+            await self._poll_forever(sink)
         raise AssertionError("unreachable")  # pragma: no cover
 
     # --- database calls (worker threads) ------------------------------------------------
@@ -198,6 +219,12 @@ class MongoFanout:
         # restarts does not replay old broadcasts as new.
         counter = self._counters.find_one({"_id": COLLECTION})
         self._last_seq = int(counter["seq"]) if counter else 0
+        # The epoch names this collection's sequence: the first instance makes it.
+        with contextlib.suppress(pymongo.errors.DuplicateKeyError):
+            self._counters.insert_one({"_id": "epoch", "value": secrets.token_hex(6)})
+        epoch = self._counters.find_one({"_id": "epoch"})
+        assert epoch is not None
+        self.epoch = str(epoch["value"])
 
     def _store(self, batch: list[_Pending]) -> None:
         # Reserve len(batch) sequence numbers, then insert. A failed insert is
@@ -288,7 +315,7 @@ class MongoFanout:
                 )
                 failing_since, delay = None, self.retry_initial
 
-    async def _poll_forever(self, deliver: Callable[[str, Outgoing], object]) -> NoReturn:
+    async def _poll_forever(self, sink: FanoutSink) -> NoReturn:
         delay = self.retry_initial
         failing_since: float | None = None
         gap_since = math.inf
@@ -324,23 +351,27 @@ class MongoFanout:
                     logger.warning("fan-out: gave up on %d sequence number(s) before %d (gap)", missing, seq)
                 gap_since = math.inf
                 self._last_seq = seq
-                self._deliver(doc, deliver)
+                self._deliver(doc, sink)
             if waiting or len(docs) < self.batch_size:
                 await trio.sleep(self.poll_interval)
 
-    def _deliver(self, doc: dict[str, Any], deliver: Callable[[str, Outgoing], object]) -> None:
+    def _deliver(self, doc: dict[str, Any], sink: FanoutSink) -> None:
         mid = doc.get("mid")
-        if doc.get("origin") == self.origin or not isinstance(mid, str) or mid in self._seen:
-            return  # our own (local subscribers had it at once), or stored twice
+        if not isinstance(mid, str) or mid in self._seen:
+            return  # stored twice
+        if doc.get("origin") == self.origin and not self.ordered:
+            return  # our own: local subscribers had it at once
         self._seen[mid] = None
         if len(self._seen) > 4 * self.max_pending:
             for old in list(itertools.islice(self._seen, self.max_pending)):
                 del self._seen[old]
         channel = doc["channel"]
         try:
-            frame = Outgoing.from_text(encode_message(channel, doc["data"]))
+            if self.ordered:
+                sink.deliver_in_sequence(channel, doc["data"], int(doc["seq"]))
+            else:
+                sink.deliver(channel, Outgoing.from_text(encode_message(channel, doc["data"])))
         except (TypeError, ValueError):
             logger.exception("fan-out: cannot encode the broadcast with sequence %s; skipped", doc.get("seq"))
             return
         self._delivered += 1
-        deliver(channel, frame)

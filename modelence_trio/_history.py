@@ -58,9 +58,17 @@ class HistoryBook:
         self._forgotten = 0  # the highest offset of a channel history dropped whole
         self._channels: dict[str, _Channel] = {}
 
-    def record(self, channel: str, data: JsonValue, history: History, now: float) -> Outgoing:
-        """Encode a broadcast with its offset and keep it."""
-        self._last += 1
+    def reset(self, epoch: str, start: int) -> None:
+        """Take offsets from an outside sequence (the fan-out's) from ``start`` on."""
+        self.epoch = epoch
+        self._last = self._forgotten = start
+        self._channels.clear()
+
+    def record(
+        self, channel: str, data: JsonValue, history: History, now: float, offset: int | None = None
+    ) -> Outgoing:
+        """Encode a broadcast with its offset (the next, or the given one) and keep it."""
+        self._last = self._last + 1 if offset is None else offset
         text = encode_message(channel, data, self._last, self.epoch)
         kept = self._channels.get(channel)
         if kept is None:

@@ -169,6 +169,10 @@ class Hub:
         """Encode a broadcast once (with its offset, if the channel keeps a
         history), deliver it to local subscribers at once, and hand it to the
         fan-out (if any) for other instances."""
+        if self.fanout is not None and self.fanout.ordered:
+            # Every subscriber, here too, gets it from the shared sequence (deliver_in_sequence).
+            self.fanout.publish(name, encode_message(name, data))
+            return
         history = self._history_of(channel)
         if history is not None:
             frame = self._histories.record(name, data, history, _now())
@@ -179,9 +183,27 @@ class Hub:
             self.fanout.publish(name, frame.text)
 
     def _history_of(self, channel: ServerChannel[Any] | None) -> History | None:
-        # With a fan-out, other instances' messages carry no offsets yet, so a
-        # local history would have holes: recovery is off (joined says so).
-        return None if channel is None or self.fanout is not None else channel.history
+        # A fan-out that delivers an instance's own broadcasts at once gives
+        # them no place in the shared sequence: no offsets, no recovery (joined says so).
+        if channel is None or (self.fanout is not None and not self.fanout.ordered):
+            return None
+        return channel.history
+
+    # --- what the fan-out delivers (see MongoFanout) ---------------------------------
+
+    def start_sequence(self, epoch: str, seq: int) -> None:
+        """The shared sequence is ready: offsets are its numbers from now on."""
+        if self.fanout is not None and self.fanout.ordered:
+            self._histories.reset(epoch, seq)
+
+    def deliver_in_sequence(self, name: str, data: Any, seq: int) -> None:
+        """A broadcast of any instance, ours included, in the shared order."""
+        history = self._history_of(self._channels.get(name.partition(":")[0]))
+        if history is not None:
+            frame = self._histories.record(name, data, history, _now(), offset=seq)
+        else:
+            frame = Outgoing.from_text(encode_message(name, data))
+        self._registry.deliver(name, frame)
 
     def deliver(self, channel: str, frame: Outgoing) -> int:
         """Queue an already-encoded ``message`` frame for local subscribers only
@@ -210,7 +232,7 @@ class Hub:
                 nursery.start_soon(self._session_checks)
                 nursery.start_soon(self._sweep_histories)
                 if self.fanout is not None:
-                    nursery.start_soon(self.fanout.run, self.deliver)
+                    nursery.start_soon(self.fanout.run, self)
             raise AssertionError("unreachable: the heartbeats never end")  # pragma: no cover
         finally:
             self.begin_shutdown()

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 import trio
 
-from modelence_trio import Client, Hub, ServerChannel
+from modelence_trio import Backoff, Client, Hub, ServerChannel, open_client
 from modelence_trio._fanout import FanoutOverflow, MongoFanout
 from modelence_trio.testing import MemoryServer, open_memory_server
 
+from .helpers import receive_json, request
 from .mongo import connect
 from .proxy import Proxy
 
@@ -171,3 +172,68 @@ async def test_past_the_bound_broadcast_fails_loudly(
         with trio.fail_after(5):
             assert [(await inbox.receive()).data for _ in range(6)] == list(range(6))
         proxy.restore()
+
+
+async def test_ordered_fanout_recovers_on_another_instance(mongodb_uri: str, database_name: str) -> None:
+    """With ``ordered=True`` offsets are the shared sequence: a client cut off from
+    one instance reconnects to another and gets exactly what it missed."""
+    async with (
+        instance(mongodb_uri, database_name, ordered=True) as (chat1, one),
+        instance(mongodb_uri, database_name, ordered=True) as (chat2, two),
+    ):
+        target = [one]
+
+        async def dial(nursery: trio.Nursery, headers: list[tuple[bytes, bytes]]) -> Any:
+            return await target[0].dial(nursery, headers)  # the load balancer's choice
+
+        failures: list[str] = []
+        async with open_client(
+            dial=dial,
+            heartbeat_interval=0.5,
+            heartbeat_timeout=0.5,
+            backoff=Backoff(0.1, 0.5, jitter=0),
+            on_recovery_failed=failures.append,
+        ) as client:
+            inbox = client.messages()
+            await client.join("chat:shared")
+            for n in range(3):
+                chat1.broadcast("shared", n)
+            with trio.fail_after(10):
+                assert [(await inbox.receive()).data for _ in range(3)] == [0, 1, 2]
+            one.accepting = False
+            one.partition()  # instance one is gone for this client
+            target[0] = two
+            for n in range(3, 9):  # broadcast on both while the client is away
+                (chat1 if n % 2 else chat2).broadcast("shared", n)
+            with trio.fail_after(15):
+                missed = [(await inbox.receive()).data for _ in range(6)]
+            # All of them, once; in the shared sequence, which keeps each instance's own order.
+            assert sorted(missed) == list(range(3, 9))
+            assert [n for n in missed if n % 2] == [3, 5, 7]
+            assert [n for n in missed if not n % 2] == [4, 6, 8]
+            assert client.connections == 2
+            assert failures == []
+            chat1.broadcast("shared", "live")
+            with trio.fail_after(10):
+                assert (await inbox.receive()).data == "live"
+
+
+async def test_ordered_fanout_delivers_own_broadcasts_in_sequence_with_offsets(
+    mongodb_uri: str, database_name: str
+) -> None:
+    async with (
+        instance(mongodb_uri, database_name, ordered=True) as (chat, server),
+        trio.open_nursery() as nursery,
+    ):
+        ws = await server.dial(nursery)
+        await receive_json(ws)
+        joined = await request(ws, {"type": "join", "channel": "chat:a"})
+        assert joined["epoch"] == fanout_of(server).epoch
+        for n in range(3):
+            chat.broadcast("a", n)
+        frames = [await receive_json(ws) for _ in range(3)]
+        assert [f["data"] for f in frames] == [0, 1, 2]
+        offsets = [f["offset"] for f in frames]
+        assert offsets == sorted(offsets) and offsets[0] > joined["offset"]
+        assert {f["epoch"] for f in frames} == {joined["epoch"]}
+        nursery.cancel_scope.cancel()
