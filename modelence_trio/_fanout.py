@@ -199,6 +199,31 @@ class MongoFanout:
             await self._poll_forever(sink)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def history(self, channel: str, after: int, upto: int) -> list[tuple[int, Any]] | None:
+        """The stored broadcasts of ``channel`` with ``after < seq <= upto``, in
+        order, or ``None`` when some of them may be gone (expired) or the
+        database cannot be read: the collection is the history within its TTL."""
+
+        def read() -> list[tuple[int, Any]] | None:
+            oldest = self._collection.find_one(sort=[("seq", 1)])
+            if oldest is None or int(oldest["seq"]) > after + 1:
+                return None  # what followed ``after`` may have expired
+            found = self._collection.find({"channel": channel, "seq": {"$gt": after, "$lte": upto}}).sort("seq", 1)
+            seen: set[str] = set()
+            result = []
+            for doc in found:
+                if doc.get("mid") not in seen:  # a batch stored twice: the first copy, as the poller does
+                    seen.add(str(doc.get("mid")))
+                    result.append((int(doc["seq"]), doc["data"]))
+            return result
+
+        try:
+            result: list[tuple[int, Any]] | None = await self._db(read)
+        except pymongo.errors.PyMongoError as exc:
+            logger.warning("fan-out: cannot read the history of %s: %s", channel, exc)
+            return None
+        return result
+
     # --- database calls (worker threads) ------------------------------------------------
 
     async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:

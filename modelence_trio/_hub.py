@@ -36,6 +36,7 @@ from .protocol import (
     ProtocolError,
     Publish,
     Published,
+    Since,
     Welcome,
     encode_message,
     error_reply,
@@ -457,15 +458,42 @@ class Hub:
                 return
             if conn.close_reason is not None:
                 return
-            # From here to the last replayed frame nothing awaits, so no
-            # broadcast falls between the replay and live delivery.
             if frame.since is not None:
-                recovered, replay = self._histories.replay(frame.channel, frame.since, history, trio.current_time())
+                recovered, replay = await self._recover(frame.channel, frame.since, history)
+                if conn.close_reason is not None:
+                    return
             self._registry.subscribe(conn, frame.channel)
         position = (self._histories.last, self._histories.epoch) if history is not None else (None, None)
         conn.reply(Joined(frame.channel, frame.ref, recovered, *position))
         for out in replay:
             conn.send(out)
+
+    async def _recover(self, channel: str, since: Since, history: History | None) -> tuple[bool, list[Outgoing]]:
+        """Whether every message after ``since`` can be replayed, and the replay.
+
+        The caller subscribes right after this returns, with no await in
+        between, so no broadcast falls between the replay and live delivery.
+        With the ordered fan-out, what this instance did not see (it started
+        later) is read from the collection, up to where its own history
+        takes over.
+        """
+        recovered, replay = self._histories.replay(channel, since, history, trio.current_time())
+        fanout = self.fanout
+        if recovered or history is None or fanout is None or not fanout.ordered:
+            return recovered, replay
+        if since.epoch != self._histories.epoch or since.offset > self._histories.last:
+            return False, []
+        upto = self._histories.last
+        stored = await fanout.history(channel, since.offset, upto)
+        if stored is None:
+            return False, []
+        # Whatever the poller delivered meanwhile is in this instance's history.
+        recovered, newer = self._histories.replay(channel, Since(upto, since.epoch), history, trio.current_time())
+        if not recovered:
+            return False, []
+        epoch = self._histories.epoch
+        older = [Outgoing.from_text(encode_message(channel, data, seq, epoch)) for seq, data in stored]
+        return True, older + newer
 
     def _join_refusal(self, conn: Connection) -> tuple[ErrorCode, str] | None:
         limit = self.config.max_channels_per_connection

@@ -237,3 +237,43 @@ async def test_ordered_fanout_delivers_own_broadcasts_in_sequence_with_offsets(
         assert offsets == sorted(offsets) and offsets[0] > joined["offset"]
         assert {f["epoch"] for f in frames} == {joined["epoch"]}
         nursery.cancel_scope.cancel()
+
+
+async def test_ordered_fanout_recovers_from_the_collection_on_a_later_instance(
+    mongodb_uri: str, database_name: str
+) -> None:
+    """The instance the client reconnects to started after the client's last
+    message: what it never saw comes from the collection (the history within its TTL)."""
+    async with instance(mongodb_uri, database_name, ordered=True) as (chat1, one):
+        target = [one]
+
+        async def dial(nursery: trio.Nursery, headers: list[tuple[bytes, bytes]]) -> Any:
+            return await target[0].dial(nursery, headers)
+
+        failures: list[str] = []
+        async with open_client(
+            dial=dial,
+            heartbeat_interval=0.5,
+            heartbeat_timeout=0.5,
+            backoff=Backoff(0.1, 0.5, jitter=0),
+            on_recovery_failed=failures.append,
+        ) as client:
+            inbox = client.messages()
+            await client.join("chat:shared")
+            chat1.broadcast("shared", 0)
+            with trio.fail_after(10):
+                assert (await inbox.receive()).data == 0
+            one.accepting = False
+            one.partition()
+            for n in range(1, 4):  # before instance two exists
+                chat1.broadcast("shared", n)
+            with trio.fail_after(10):
+                while fanout_of(one).statistics().stored < 4:
+                    await trio.sleep(0.01)
+            async with instance(mongodb_uri, database_name, ordered=True) as (chat2, two):
+                chat2.broadcast("shared", 4)  # and one after it started
+                target[0] = two
+                with trio.fail_after(15):
+                    assert [(await inbox.receive()).data for _ in range(4)] == [1, 2, 3, 4]
+                assert failures == []
+                assert client.connections == 2
