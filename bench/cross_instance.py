@@ -29,7 +29,7 @@ from contextlib import AsyncExitStack, contextmanager
 
 import trio
 from fanout import fan_out
-from loadgen import become_load_generator, free_port, running_server
+from loadgen import become_load_generator, free_port, pin, running_server
 
 
 @contextmanager
@@ -57,6 +57,7 @@ def mongodb() -> Iterator[str]:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=lambda: pin(None),
         )
         try:
             for _ in range(200):
@@ -74,8 +75,9 @@ def mongodb() -> Iterator[str]:
 async def run(args: argparse.Namespace, uri: str) -> None:
     async with AsyncExitStack() as stack:
         options = ("--mongodb-uri", uri, "--poll-interval", str(args.poll_interval), "--ttl", str(args.ttl))
-        _, port_a = await stack.enter_async_context(running_server("tuned", "trio-websocket", *options))
-        pid_b, port_b = await stack.enter_async_context(running_server("tuned", "trio-websocket", *options))
+        # Not pinned: two instances, the wire server and the load generator share two cores.
+        _, port_a = await stack.enter_async_context(running_server("tuned", "trio-websocket", *options, cpu=None))
+        pid_b, port_b = await stack.enter_async_context(running_server("tuned", "trio-websocket", *options, cpu=None))
         count = int(args.rate * args.duration)
         query = f"channel=chat:room1&count={count}&rate={args.rate}"
         result = await fan_out(port_b, pid_b, ["chat:room1"] * args.subscribers, count, query, control_port=port_a)

@@ -34,9 +34,10 @@ def become_load_generator() -> None:
     pin(1)
 
 
-def pin(cpu: int) -> None:
+def pin(cpu: int | None) -> None:
+    """Run on CPU ``cpu`` only, or on every CPU (``None``: undo an inherited pinning)."""
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
-        os.sched_setaffinity(0, {cpu})
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)) if cpu is None else {cpu})
 
 
 def cpu_seconds(pid: int) -> float:
@@ -173,10 +174,10 @@ def free_port() -> int:
 
 @asynccontextmanager
 async def running_server(
-    gc_mode: str = "tuned", transport: str = "trio-websocket", *extra: str
+    gc_mode: str = "tuned", transport: str = "trio-websocket", *extra: str, cpu: int | None = 0
 ) -> AsyncIterator[tuple[int, int]]:
-    """Run ``peer_server.py`` on a free port, pinned to CPU 0; yields its pid and port
-    once it accepts connections, and stops it afterwards."""
+    """Run ``peer_server.py`` on a free port, pinned to ``cpu`` (``None``: not
+    pinned); yields its pid and port once it accepts connections, and stops it afterwards."""
     port = free_port()
     server = subprocess.Popen(
         [
@@ -190,7 +191,7 @@ async def running_server(
             transport,
             *extra,
         ],
-        preexec_fn=lambda: pin(0),
+        preexec_fn=lambda: pin(cpu),
         stdout=subprocess.DEVNULL,
     )
     try:
