@@ -4,7 +4,8 @@ Each broadcast is delivered to local subscribers at once and queued here; a
 writer task stores queued broadcasts in ``_modelenceSocketio`` with a
 sequence number reserved atomically in a counter document, and a poller task
 in every instance reads new documents in sequence order and delivers those
-of other instances. docs/fanout.md explains the design: why a sequence and
+of other instances (in the ordered mode: all of them, its own included, with
+their sequence numbers as offsets, for recovery across instances). docs/fanout.md explains the design: why a sequence and
 not ObjectIds, what order is guaranteed, what happens on gaps, outages,
 restarts and expiry.
 
@@ -59,9 +60,10 @@ class FanoutSink(Protocol):
 
 
 class FanoutOverflow(RuntimeError):
-    """The broadcast reached local subscribers, but not other instances: the
-    database has been unreachable for so long that the buffer of broadcasts
-    waiting to be stored is full. It is logged and counted as well."""
+    """The broadcast reached local subscribers (in the ordered mode: no one),
+    but not other instances: the database has been unreachable for so long
+    that the buffer of broadcasts waiting to be stored is full. It is logged
+    and counted as well."""
 
 
 @attrs.frozen
@@ -171,7 +173,8 @@ class MongoFanout:
                 channel,
                 self._dropped,
             )
-            raise FanoutOverflow(f"{channel}: delivered locally only; MongoDB unreachable and buffer full")
+            where = "not delivered" if self.ordered else "delivered locally only"
+            raise FanoutOverflow(f"{channel}: {where}; MongoDB unreachable and buffer full")
         self._pending.append(_Pending(channel, frame, f"{self.origin}-{next(self._ids)}"))
         self._wake.set()
 
