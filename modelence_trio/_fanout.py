@@ -5,9 +5,9 @@ writer task stores queued broadcasts in ``_modelenceSocketio`` with a
 sequence number reserved atomically in a counter document, and a poller task
 in every instance reads new documents in sequence order and delivers those
 of other instances (in the ordered mode: all of them, its own included, with
-their sequence numbers as offsets, for recovery across instances). docs/fanout.md explains the design: why a sequence and
-not ObjectIds, what order is guaranteed, what happens on gaps, outages,
-restarts and expiry.
+their sequence numbers as offsets, for recovery across instances).
+docs/fanout.md explains the design: why a sequence and not ObjectIds, what
+order is guaranteed, what happens on gaps, outages, restarts and expiry.
 
 pymongo blocks, so every database call runs in a worker thread
 (``trio.to_thread``) under one capacity limiter: the event loop never waits
