@@ -8,7 +8,7 @@ import collections
 import logging
 import random
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import pytest
@@ -174,6 +174,21 @@ async def test_past_the_bound_broadcast_fails_loudly(
         proxy.restore()
 
 
+def balanced_client(target: list[MemoryServer], failures: list[str]) -> AbstractAsyncContextManager[Client]:
+    """A client behind a load balancer: each (re)connection goes to ``target[0]``."""
+
+    async def dial(nursery: trio.Nursery, headers: list[tuple[bytes, bytes]]) -> Any:
+        return await target[0].dial(nursery, headers)
+
+    return open_client(
+        dial=dial,
+        heartbeat_interval=0.5,
+        heartbeat_timeout=0.5,
+        backoff=Backoff(0.1, 0.5, jitter=0),
+        on_recovery_failed=failures.append,
+    )
+
+
 async def test_ordered_fanout_recovers_on_another_instance(mongodb_uri: str, database_name: str) -> None:
     """With ``ordered=True`` offsets are the shared sequence: a client cut off from
     one instance reconnects to another and gets exactly what it missed."""
@@ -182,18 +197,8 @@ async def test_ordered_fanout_recovers_on_another_instance(mongodb_uri: str, dat
         instance(mongodb_uri, database_name, ordered=True) as (chat2, two),
     ):
         target = [one]
-
-        async def dial(nursery: trio.Nursery, headers: list[tuple[bytes, bytes]]) -> Any:
-            return await target[0].dial(nursery, headers)  # the load balancer's choice
-
         failures: list[str] = []
-        async with open_client(
-            dial=dial,
-            heartbeat_interval=0.5,
-            heartbeat_timeout=0.5,
-            backoff=Backoff(0.1, 0.5, jitter=0),
-            on_recovery_failed=failures.append,
-        ) as client:
+        async with balanced_client(target, failures) as client:
             inbox = client.messages()
             await client.join("chat:shared")
             for n in range(3):
@@ -246,18 +251,8 @@ async def test_ordered_fanout_recovers_from_the_collection_on_a_later_instance(
     message: what it never saw comes from the collection (the history within its TTL)."""
     async with instance(mongodb_uri, database_name, ordered=True) as (chat1, one):
         target = [one]
-
-        async def dial(nursery: trio.Nursery, headers: list[tuple[bytes, bytes]]) -> Any:
-            return await target[0].dial(nursery, headers)
-
         failures: list[str] = []
-        async with open_client(
-            dial=dial,
-            heartbeat_interval=0.5,
-            heartbeat_timeout=0.5,
-            backoff=Backoff(0.1, 0.5, jitter=0),
-            on_recovery_failed=failures.append,
-        ) as client:
+        async with balanced_client(target, failures) as client:
             inbox = client.messages()
             await client.join("chat:shared")
             chat1.broadcast("shared", 0)

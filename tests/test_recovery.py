@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
@@ -21,6 +22,11 @@ def chat_hub(history: History | None = History()) -> tuple[ServerChannel[Any], H
     return chat, Hub([chat], config=HubConfig(heartbeat_interval=None))
 
 
+def recovering_client(server: MemoryServer, failures: list[str]) -> AbstractAsyncContextManager[Client]:
+    """A client that notices a dead link within 8 s and reconnects 1, 2, 4 s later."""
+    return server.client(heartbeat_interval=5, heartbeat_timeout=3, backoff=BACKOFF, on_recovery_failed=failures.append)
+
+
 async def drop_connection(server: MemoryServer, client: Client) -> None:
     """Cut the client off; it notices by its heartbeat and reconnects (server accepting)."""
     before = client.connections
@@ -35,9 +41,7 @@ async def test_reconnecting_client_receives_exactly_what_it_missed(autojump_cloc
     failures: list[str] = []
     async with (
         open_memory_server(hub) as server,
-        server.client(
-            heartbeat_interval=5, heartbeat_timeout=3, backoff=BACKOFF, on_recovery_failed=failures.append
-        ) as client,
+        recovering_client(server, failures) as client,
     ):
         inbox = client.messages()
         await client.join("chat:a")
@@ -103,9 +107,7 @@ async def test_recovery_fails_when_the_history_no_longer_reaches_back(
     failures: list[str] = []
     async with (
         open_memory_server(hub) as server,
-        server.client(
-            heartbeat_interval=5, heartbeat_timeout=3, backoff=BACKOFF, on_recovery_failed=failures.append
-        ) as client,
+        recovering_client(server, failures) as client,
     ):
         inbox = client.messages()
         await client.join("chat:a")
