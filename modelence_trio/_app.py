@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import mimetypes
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -246,8 +247,9 @@ class App:
         return _static(target.read_bytes(), content_type)
 
 
+@functools.cache
 def _client_file(name: str) -> bytes:
-    return resources.files("modelence_trio").joinpath("client", name).read_bytes()
+    return resources.files("modelence_trio").joinpath("client", name).read_bytes()  # once per process
 
 
 def _static(body: bytes, content_type: str) -> HttpResponse:

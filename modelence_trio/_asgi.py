@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 import trio
+from hypercorn.protocol.events import Data
+from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
 
 from ._hub import Hub
 from ._transport import SendResult, TransportClosed
@@ -98,11 +100,6 @@ def _hypercorn_writer(send: Send) -> Callable[[bytes], Awaitable[None]] | None:
     always allowed), over HTTP/1.1 and HTTP/2. Tested with hypercorn 0.18;
     ``None`` (the plain ASGI path) when ``send`` is anything else.
     """
-    try:
-        from hypercorn.protocol.events import Data
-        from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
-    except ImportError:  # pragma: no cover - hypercorn is a dependency
-        return None
     stream = getattr(send, "__self__", None)
     if not isinstance(stream, WSStream) or stream.state != ASGIWebsocketState.CONNECTED:
         return None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, Generic
@@ -15,7 +14,7 @@ import trio
 import trio_websocket
 from typing_extensions import TypeVar
 
-from ._util import background_nursery
+from ._util import Backoff, background_nursery
 from .protocol import (
     ClientFrame,
     Error,
@@ -96,20 +95,6 @@ class JoinRefused(RequestFailed):
     def __init__(self, channel: str, code: str, error: str) -> None:
         super().__init__(code, error)
         self.channel = channel
-
-
-@attrs.frozen
-class Backoff:
-    """Exponential reconnect delays with jitter: ``initial * factor**attempt``, capped."""
-
-    initial: float = 0.5
-    maximum: float = 30.0
-    factor: float = 2.0
-    jitter: float = 0.2
-
-    def delay(self, attempt: int) -> float:
-        base = min(self.maximum, self.initial * self.factor ** min(attempt, 64))
-        return base * (1 + self.jitter * (2 * random.random() - 1))
 
 
 @attrs.frozen

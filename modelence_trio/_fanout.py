@@ -33,6 +33,7 @@ import pymongo.errors
 import trio
 from bson import ObjectId
 
+from ._util import Backoff
 from ._wire import Outgoing
 from .protocol import encode_message
 
@@ -82,7 +83,30 @@ class FanoutStatistics:
 class _Pending:
     channel: str
     frame: str  # the encoded ``message`` frame: an immutable snapshot of the data
-    mid: str  # stable across retries: receivers drop a message stored twice
+    number: int  # the message id is origin-number, stable across retries: receivers drop a message stored twice
+
+
+@attrs.define
+class _Outage:
+    """One task's view of a MongoDB outage: the backoff between its retries,
+    a log line when the outage starts and one when it is over."""
+
+    backoff: Backoff
+    attempts: int = 0
+    since: float | None = None
+
+    async def failed(self, message: str, *args: object) -> None:
+        if self.since is None:
+            self.since = trio.current_time()
+            logger.warning(message, *args)
+        await trio.sleep(self.backoff.delay(self.attempts))
+        self.attempts += 1
+
+    def over(self, message: str, *args: object) -> None:
+        """Log ``message % (seconds the outage lasted, *args)``, if there was one."""
+        if self.since is not None:
+            logger.warning(message, trio.current_time() - self.since, *args)
+            self.since, self.attempts = None, 0
 
 
 def _utcnow() -> datetime.datetime:
@@ -137,8 +161,7 @@ class MongoFanout:
         self.batch_size = batch_size
         self.max_pending = max_pending
         self.gap_timeout = gap_timeout
-        self.retry_initial = retry_initial
-        self.retry_maximum = retry_maximum
+        self.retry = Backoff(initial=retry_initial, maximum=retry_maximum)
         self.origin = secrets.token_hex(8)
         self._collection: Collection[Any] = database[COLLECTION]
         self._counters: Collection[Any] = database[COUNTERS]
@@ -175,7 +198,7 @@ class MongoFanout:
             )
             where = "not delivered" if self.ordered else "delivered locally only"
             raise FanoutOverflow(f"{channel}: {where}; MongoDB unreachable and buffer full")
-        self._pending.append(_Pending(channel, frame, f"{self.origin}-{next(self._ids)}"))
+        self._pending.append(_Pending(channel, frame, next(self._ids)))
         self._wake.set()
 
     def statistics(self) -> FanoutStatistics:
@@ -275,7 +298,7 @@ class MongoFanout:
                 "channel": item.channel,
                 "data": json.loads(item.frame)["data"],
                 "origin": self.origin,
-                "mid": item.mid,
+                "mid": f"{self.origin}-{item.number}",
                 "createdAt": now,
             }
             for i, item in enumerate(batch)
@@ -293,25 +316,18 @@ class MongoFanout:
     # --- the two tasks ------------------------------------------------------------------
 
     async def _retrying(self, what: str, fn: Callable[[], Any]) -> Any:
-        delay = self.retry_initial
-        failing_since: float | None = None
+        outage = _Outage(self.retry)
         while True:
             try:
                 result = await self._db(fn)
             except pymongo.errors.PyMongoError as exc:
-                if failing_since is None:
-                    failing_since = trio.current_time()
-                    logger.warning("MongoDB unreachable, cannot %s (retrying): %s", what, exc)
-                await trio.sleep(delay)
-                delay = min(self.retry_maximum, delay * 2)
+                await outage.failed("MongoDB unreachable, cannot %s (retrying): %s", what, exc)
                 continue
-            if failing_since is not None:
-                logger.warning("MongoDB reachable again: %s after %.1f s", what, trio.current_time() - failing_since)
+            outage.over("MongoDB reachable again after %.1f s: %s", what)
             return result
 
     async def _write_forever(self) -> NoReturn:
-        delay = self.retry_initial
-        failing_since: float | None = None
+        outage = _Outage(self.retry)
         while True:
             if not self._pending:
                 self._wake = trio.Event()
@@ -321,50 +337,32 @@ class MongoFanout:
                 await self._db(self._store, batch)
             except pymongo.errors.PyMongoError as exc:
                 self._write_failures += 1
-                if failing_since is None:
-                    failing_since = trio.current_time()
-                    logger.warning(
-                        "MongoDB unreachable: holding broadcasts for other instances (%d waiting, room for %d): %s",
-                        len(self._pending),
-                        self.max_pending,
-                        exc,
-                    )
-                await trio.sleep(delay)
-                delay = min(self.retry_maximum, delay * 2)
+                await outage.failed(
+                    "MongoDB unreachable: holding broadcasts for other instances (%d waiting, room for %d): %s",
+                    len(self._pending),
+                    self.max_pending,
+                    exc,
+                )
                 continue
             for _ in batch:
                 self._pending.popleft()
             self._stored += len(batch)
-            if failing_since is not None:
-                logger.warning(
-                    "MongoDB reachable again after %.1f s: stored the held broadcasts (%d still waiting)",
-                    trio.current_time() - failing_since,
-                    len(self._pending),
-                )
-                failing_since, delay = None, self.retry_initial
+            outage.over(
+                "MongoDB reachable again after %.1f s: stored the held broadcasts (%d still waiting)",
+                len(self._pending),
+            )
 
     async def _poll_forever(self, sink: FanoutSink) -> NoReturn:
-        delay = self.retry_initial
-        failing_since: float | None = None
+        outage = _Outage(self.retry)
         gap_since = math.inf
         while True:
             try:
                 docs: list[dict[str, Any]] = await self._db(self._read, self._last_seq)
             except pymongo.errors.PyMongoError as exc:
                 self._read_failures += 1
-                if failing_since is None:
-                    failing_since = trio.current_time()
-                    logger.warning("MongoDB unreachable: no broadcasts from other instances until it is back: %s", exc)
-                await trio.sleep(delay)
-                delay = min(self.retry_maximum, delay * 2)
+                await outage.failed("MongoDB unreachable: no broadcasts from other instances until it is back: %s", exc)
                 continue
-            if failing_since is not None:
-                logger.warning(
-                    "MongoDB reachable again after %.1f s: resuming after sequence %d",
-                    trio.current_time() - failing_since,
-                    self._last_seq,
-                )
-                failing_since, delay = None, self.retry_initial
+            outage.over("MongoDB reachable again after %.1f s: resuming after sequence %d", self._last_seq)
             waiting = False
             for doc in docs:
                 seq = int(doc["seq"])

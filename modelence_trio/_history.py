@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import secrets
-from collections.abc import Callable
 
 import attrs
 
@@ -45,6 +44,7 @@ class _Channel:
     entries: collections.deque[tuple[int, float, str]]
     #: Every message up to this offset may be gone (evicted, expired, or from before).
     floor: int
+    max_age: float
 
 
 class HistoryBook:
@@ -72,7 +72,7 @@ class HistoryBook:
         text = encode_message(channel, data, self._last, self.epoch)
         kept = self._channels.get(channel)
         if kept is None:
-            kept = self._channels[channel] = _Channel(collections.deque(), self._forgotten)
+            kept = self._channels[channel] = _Channel(collections.deque(), self._forgotten, history.max_age)
         kept.entries.append((self._last, now, text))
         if len(kept.entries) > history.size:
             kept.floor = kept.entries.popleft()[0]
@@ -96,10 +96,10 @@ class HistoryBook:
         """The last offset handed out: where live delivery starts for a join now."""
         return self._last
 
-    def sweep(self, now: float, max_age: Callable[[str], float]) -> None:
+    def sweep(self, now: float) -> None:
         """Drop the histories of channels with nothing newer than their ``max_age``."""
         for name, kept in list(self._channels.items()):
-            if not kept.entries or kept.entries[-1][1] < now - max_age(name):
+            if not kept.entries or kept.entries[-1][1] < now - kept.max_age:
                 last = kept.entries[-1][0] if kept.entries else kept.floor
                 self._forgotten = max(self._forgotten, last)
                 del self._channels[name]

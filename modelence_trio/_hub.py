@@ -170,18 +170,25 @@ class Hub:
         """Encode a broadcast once (with its offset, if the channel keeps a
         history), deliver it to local subscribers at once, and hand it to the
         fan-out (if any) for other instances."""
-        if self.fanout is not None and self.fanout.ordered:
+        fanout = self.fanout
+        if fanout is None:  # the single-instance hot path, spelled out
+            history = channel.history
+            if history is None:
+                self._registry.deliver(name, Outgoing.from_text(encode_message(name, data)))
+            else:
+                self._registry.deliver(name, self._histories.record(name, data, history, _now()))
+        elif fanout.ordered:
             # Every subscriber, here too, gets it from the shared sequence (deliver_in_sequence).
-            self.fanout.publish(name, encode_message(name, data))
-            return
-        history = self._history_of(channel)
-        if history is not None:
-            frame = self._histories.record(name, data, history, _now())
+            fanout.publish(name, encode_message(name, data))
         else:
-            frame = Outgoing.from_text(encode_message(name, data))
-        self._registry.deliver(name, frame)
-        if self.fanout is not None:
-            self.fanout.publish(name, frame.text)
+            frame = self._encode(name, data, None)  # no offsets: see _history_of
+            self._registry.deliver(name, frame)
+            fanout.publish(name, frame.text)
+
+    def _encode(self, name: str, data: Any, history: History | None, offset: int | None = None) -> Outgoing:
+        if history is None:
+            return Outgoing.from_text(encode_message(name, data))
+        return self._histories.record(name, data, history, _now(), offset)
 
     def _history_of(self, channel: ServerChannel[Any] | None) -> History | None:
         # A fan-out that delivers an instance's own broadcasts at once gives
@@ -200,11 +207,7 @@ class Hub:
     def deliver_in_sequence(self, name: str, data: Any, seq: int) -> None:
         """A broadcast of any instance, ours included, in the shared order."""
         history = self._history_of(self._channels.get(name.partition(":")[0]))
-        if history is not None:
-            frame = self._histories.record(name, data, history, _now(), offset=seq)
-        else:
-            frame = Outgoing.from_text(encode_message(name, data))
-        self._registry.deliver(name, frame)
+        self._registry.deliver(name, self._encode(name, data, history, seq))
 
     def deliver(self, channel: str, frame: Outgoing) -> int:
         """Queue an already-encoded ``message`` frame for local subscribers only
@@ -265,14 +268,9 @@ class Hub:
         ages = [c.history.max_age for c in self._channels.values() if c.history is not None]
         if not ages:
             await trio.sleep_forever()
-
-        def max_age(name: str) -> float:
-            channel = self._channels.get(name.partition(":")[0])
-            return channel.history.max_age if channel is not None and channel.history is not None else 0.0
-
         while True:
             await trio.sleep(min(ages))
-            self._histories.sweep(trio.current_time(), max_age)
+            self._histories.sweep(trio.current_time())
 
     async def _session_checks(self) -> None:
         check = getattr(self.authenticator, "check", None)
