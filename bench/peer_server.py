@@ -173,7 +173,7 @@ async def main(
 
     async with trio.open_nursery() as nursery:
         if fanout is not None:
-            nursery.start_soon(hub.run)  # runs the fan-out's writer and poller
+            await nursery.start(hub.run)  # ready once the fan-out is; runs its writer and poller
         await trio.serve_listeners(handler, listeners)
 
 

@@ -204,7 +204,7 @@ class App:
         if (await receive())["type"] != "lifespan.startup":
             return
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.hub.run)
+            await nursery.start(self.hub.run)
             self._hub_running = True
             await send({"type": "lifespan.startup.complete"})
             await receive()  # lifespan.shutdown

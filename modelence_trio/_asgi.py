@@ -38,11 +38,10 @@ Send = Callable[[Message], Awaitable[None]]
 class AsgiTransport:
     """An accepted ASGI WebSocket seen as a ``Transport``."""
 
-    def __init__(self, receive: Receive, send: Send, max_frame_size: int) -> None:
+    def __init__(self, receive: Receive, send: Send) -> None:
         """Wrap an ASGI WebSocket that has been accepted."""
         self._receive = receive
         self._send = send
-        self._max_frame_size = max_frame_size
         self._closed = False  # disconnected, or our close was sent
         self._write = _hypercorn_writer(send)
 
@@ -59,11 +58,7 @@ class AsgiTransport:
             message: str | bytes | None = text if text is not None else event.get("bytes")
             if message is None:
                 continue
-            if _too_big(message, self._max_frame_size):
-                # The server's own limit may be higher than the hub's (plain hypercorn: 16 MiB).
-                await self.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
-                continue
-            await on_message(message)
+            await on_message(message)  # the hub applies its size limit (in bytes) to every transport
 
     async def send(self, frames: Sequence[Outgoing]) -> None:
         if self._write is not None:
@@ -112,13 +107,6 @@ def _hypercorn_writer(send: Send) -> Callable[[bytes], Awaitable[None]] | None:
     return write
 
 
-def _too_big(message: str | bytes, limit: int) -> bool:
-    if isinstance(message, bytes) or len(message) > limit:
-        return len(message) > limit
-    # A str of n characters encodes to n..4n bytes: encode only when it matters.
-    return len(message) * 4 > limit and len(message.encode("utf-8", "surrogatepass")) > limit
-
-
 async def serve_asgi_websocket(hub: Hub, scope: Scope, receive: Receive, send: Send) -> None:
     """Serve one ASGI ``websocket`` scope with ``hub`` until it closes.
 
@@ -128,8 +116,8 @@ async def serve_asgi_websocket(hub: Hub, scope: Scope, receive: Receive, send: S
     server turns into 403). The connection gets its own nursery under the
     hub's shield, as with trio-websocket. The ASGI server cancels this task
     only when it shuts down (hypercorn: after ``graceful_timeout``); that
-    cancellation starts the hub's graceful shutdown, so every connection
-    still flushes and closes with 1001.
+    cancellation ends this connection alone, which still flushes and closes
+    with 1001. The hub itself stops with its own task (the App's lifespan).
     """
     if (await receive())["type"] != "websocket.connect":
         return
@@ -142,23 +130,24 @@ async def serve_asgi_websocket(hub: Hub, scope: Scope, receive: Receive, send: S
         await _refuse(scope, send, exc)
         return
     await send({"type": "websocket.accept"})
-    transport = AsgiTransport(receive, send, hub.config.max_frame_size)
-    finished = False
-
-    async def shut_down_when_cancelled() -> None:
-        try:
-            await trio.sleep_forever()
-        finally:
-            if not finished:
-                hub.begin_shutdown()
+    transport = AsgiTransport(receive, send)
 
     async with trio.open_nursery() as guard:
-        guard.start_soon(shut_down_when_cancelled)
         async with trio.open_nursery() as nursery:
+
+            async def end_politely_when_cancelled() -> None:
+                # The server cancels this task when it stops (hypercorn: after
+                # graceful_timeout). That ends this connection, with 1001 after
+                # its queue; the hub and every other connection go on.
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    hub.shut_down_connection(nursery)
+
+            guard.start_soon(end_politely_when_cancelled)
             with hub.shield_connection(nursery):
                 await hub.serve_connection(transport, identity, nursery)
                 nursery.cancel_scope.cancel()
-        finished = True
         guard.cancel_scope.cancel()
 
 

@@ -58,7 +58,11 @@ class Connection:
     nursery: trio.Nursery
     max_queue: int
     close_timeout: float
+    #: Bytes the queue and the batch being written may hold together.
+    max_queue_bytes: int = 1024 * 1024
     queue: list[Outgoing] = attrs.field(factory=list)
+    #: Bytes queued plus bytes of the batch in flight (not yet taken by the socket).
+    queued_bytes: int = 0
     writing: bool = False
     close_reason: tuple[int, str] | None = None
     #: Set once the socket needs no close frame from us (peer gone, or sent).
@@ -86,10 +90,11 @@ class Connection:
             if result is SendResult.FLUSH:
                 self.kick()
                 return
-        elif len(self.queue) >= self.max_queue:
+        elif len(self.queue) >= self.max_queue or self.queued_bytes + len(frame.wire) > self.max_queue_bytes:
             self.fail(CloseCode.SLOW_CONSUMER, "outbound queue overflow: the client does not read")
             return
         self.queue.append(frame)
+        self.queued_bytes += len(frame.wire)
         self.kick()
 
     def reply(self, frame: ServerFrame) -> None:
@@ -114,6 +119,7 @@ class Connection:
             self.close_reason = (code, reason)
             self.registry.drop(self)
             self.queue.clear()
+            self.queued_bytes = 0
             self.nursery.cancel_scope.cancel()
 
     def begin_shutdown(self) -> None:
@@ -126,7 +132,9 @@ class Connection:
         try:
             while True:
                 batch, self.queue = self.queue, []
+                size = sum(len(frame.wire) for frame in batch)
                 await self.transport.send(batch)  # also flushes what the transport holds
+                self.queued_bytes -= size  # in flight until the socket took it
                 if not self.queue:
                     break
             # Shutting down, and everything went out. (A failed connection is

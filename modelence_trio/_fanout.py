@@ -213,13 +213,16 @@ class MongoFanout:
             self._last_seq,
         )
 
-    async def run(self, sink: FanoutSink) -> NoReturn:
+    async def run(self, sink: FanoutSink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         """Prepare the collections, then store and poll until cancelled,
-        delivering into ``sink``. Broadcasts queued before the database is
+        delivering into ``sink``. ``nursery.start(fanout.run, sink)`` returns
+        once the sequence is ready. Broadcasts queued before the database is
         reachable wait."""
-        await self._retrying("prepare the collections", self._prepare)
-        assert self.epoch is not None
-        sink.start_sequence(self.epoch, self._last_seq)
+        epoch, last_seq = await self._retrying("prepare the collections", self._prepare)
+        # Both set here, in Trio's thread, at once: nobody sees one without the other.
+        self.epoch, self._last_seq = epoch, last_seq
+        sink.start_sequence(epoch, last_seq)
+        task_status.started()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._write_forever)
             await self._poll_forever(sink)
@@ -255,7 +258,7 @@ class MongoFanout:
     async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter, abandon_on_cancel=True)
 
-    def _prepare(self) -> None:
+    def _prepare(self) -> tuple[str, int]:
         self._collection.create_index("seq", unique=True)
         try:
             self._collection.create_index("createdAt", expireAfterSeconds=int(self.ttl))
@@ -269,13 +272,13 @@ class MongoFanout:
         # Start after what is already there: an instance that starts late or
         # restarts does not replay old broadcasts as new.
         counter = self._counters.find_one({"_id": COLLECTION})
-        self._last_seq = int(counter["seq"]) if counter else 0
+        last_seq = int(counter["seq"]) if counter else 0
         # The epoch names this collection's sequence: the first instance makes it.
         with contextlib.suppress(pymongo.errors.DuplicateKeyError):
             self._counters.insert_one({"_id": "epoch", "value": secrets.token_hex(6)})
         epoch = self._counters.find_one({"_id": "epoch"})
         assert epoch is not None
-        self.epoch = str(epoch["value"])
+        return str(epoch["value"]), last_seq
 
     def _store(self, batch: list[_Pending]) -> None:
         # Reserve len(batch) sequence numbers, then insert. A failed insert is

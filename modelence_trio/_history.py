@@ -68,8 +68,12 @@ class HistoryBook:
         self, channel: str, data: JsonValue, history: History, now: float, offset: int | None = None
     ) -> Outgoing:
         """Encode a broadcast with its offset (the next, or the given one) and keep it."""
-        self._last = self._last + 1 if offset is None else offset
-        text = encode_message(channel, data, self._last, self.epoch)
+        number = self._last + 1 if offset is None else offset
+        # Encoded (to bytes too) before anything changes: a broadcast that
+        # cannot be sent leaves no trace, no offset used, no entry kept.
+        text = encode_message(channel, data, number, self.epoch)
+        frame = Outgoing.from_text(text)
+        self._last = number
         kept = self._channels.get(channel)
         if kept is None:
             kept = self._channels[channel] = _Channel(collections.deque(), self._forgotten, history.max_age)
@@ -77,7 +81,7 @@ class HistoryBook:
         if len(kept.entries) > history.size:
             kept.floor = kept.entries.popleft()[0]
         self._expire(kept, now - history.max_age)
-        return Outgoing.from_text(text)
+        return frame
 
     def replay(self, channel: str, since: Since, history: History | None, now: float) -> tuple[bool, list[Outgoing]]:
         """Whether every message of ``channel`` after ``since`` is still held, and those messages."""

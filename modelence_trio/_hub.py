@@ -20,7 +20,7 @@ from ._fanout import MongoFanout
 from ._history import History, HistoryBook
 from ._registry import Registry
 from ._transport import Transport
-from ._wire import Outgoing
+from ._wire import Outgoing, message_size
 from .protocol import (
     CloseCode,
     ErrorCode,
@@ -64,6 +64,9 @@ class HubConfig:
         outbound_queue_size: frames queued for one connection before it counts
             as a slow consumer and is closed (4002), so it cannot hold memory or
             delay anyone else.
+        outbound_queue_bytes: the same bound in bytes of encoded frames,
+            counting the batch being written until the socket has taken it
+            (default 1 MiB): a client that does not read holds at most this.
         max_frame_size: largest client message accepted (larger: close 1009).
         max_id_length / max_ref_length: bounds on channel ids and ``ref`` values.
         max_depth: deepest nesting of arrays and objects in a client frame
@@ -90,6 +93,7 @@ class HubConfig:
     heartbeat_interval: float | None = 25.0
     heartbeat_timeout: float = 20.0
     outbound_queue_size: int = 4096
+    outbound_queue_bytes: int = 1024 * 1024
     max_frame_size: int = 64 * 1024
     max_id_length: int = 256
     max_ref_length: int = 128
@@ -157,6 +161,7 @@ class Hub:
         self._shields: set[trio.CancelScope] = set()
         self._stopping = False
         self._run_lock = trio.Lock()
+        self._ready = trio.Event()  # set while a run() is ready
         self._instance = secrets.token_hex(4)
         self._anonymous = Identity(None, None, config.anonymous_roles)
         for channel in self._channels.values():
@@ -179,7 +184,9 @@ class Hub:
                 self._registry.deliver(name, self._histories.record(name, data, history, _now()))
         elif fanout.ordered:
             # Every subscriber, here too, gets it from the shared sequence (deliver_in_sequence).
-            fanout.publish(name, encode_message(name, data))
+            text = encode_message(name, data)
+            Outgoing.from_text(text)  # refused here, not in the writer's thread, if it cannot be sent
+            fanout.publish(name, text)
         else:
             frame = self._encode(name, data, None)  # no offsets: see _history_of
             self._registry.deliver(name, frame)
@@ -216,7 +223,7 @@ class Hub:
 
     # --- the hub's own life: heartbeats and shutdown ---------------------------------
 
-    async def run(self) -> NoReturn:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         """The hub's background work; every server of this hub runs it.
 
         It pings every connection every ``heartbeat_interval`` (one task for
@@ -228,17 +235,30 @@ class Hub:
         down gracefully: each connection flushes what is queued and closes with
         1001 within ``shutdown_grace``. If several servers run it, one does the
         pinging and the others wait; cancelling any of them shuts the hub down.
+
+        Start it with ``await nursery.start(hub.run)``: that returns once the
+        hub is ready, the fan-out's collections prepared and its sequence
+        read included, so no connection is accepted on a half-set-up hub.
         """
+        started = False
         try:
+            if self._run_lock.locked():  # another server runs it: ready when that one is
+                await self._ready.wait()
+                task_status.started()
+                started = True
             async with self._run_lock, trio.open_nursery() as nursery:
                 self._stopping = False
                 nursery.start_soon(self._heartbeats)
                 nursery.start_soon(self._session_checks)
                 nursery.start_soon(self._sweep_histories)
                 if self.fanout is not None:
-                    nursery.start_soon(self.fanout.run, self)
+                    await nursery.start(self.fanout.run, self)
+                self._ready.set()
+                if not started:
+                    task_status.started()
             raise AssertionError("unreachable: the heartbeats never end")  # pragma: no cover
         finally:
+            self._ready = trio.Event()
             self.begin_shutdown()
 
     def begin_shutdown(self) -> None:
@@ -249,6 +269,16 @@ class Hub:
             scope.deadline = min(scope.deadline, deadline)
         for conn in self._connections:
             conn.begin_shutdown()
+
+    def shut_down_connection(self, nursery: trio.Nursery) -> None:
+        """End the one connection served in ``nursery`` as a shutdown would
+        (flush, 1001, within ``shutdown_grace``), leaving the hub running:
+        what a transport does when the server cancels one connection's task."""
+        scope = nursery.cancel_scope
+        scope.deadline = min(scope.deadline, trio.current_time() + self.config.shutdown_grace)
+        for conn in self._connections:
+            if conn.nursery is nursery:
+                conn.begin_shutdown()
 
     def shield_connection(self, nursery: trio.Nursery) -> _ShieldedConnection:
         """``with hub.shield_connection(nursery):`` shields a transport's
@@ -383,6 +413,7 @@ class Hub:
             nursery,
             self.config.outbound_queue_size,
             self.config.close_timeout,
+            self.config.outbound_queue_bytes,
         )
         self._connections.add(conn)
         user = identity.user.to_wire() if identity.user is not None else None
@@ -402,6 +433,19 @@ class Hub:
                     await transport.close(*conn.close_reason)
 
     async def _handle(self, conn: Connection, message: str | bytes) -> None:
+        """Act on one client message. Whatever goes wrong here ends at most
+        this connection (1011, logged once): it never reaches the transport,
+        the hub or another client."""
+        try:
+            if message_size(message) > self.config.max_frame_size:
+                conn.fail(CloseCode.MESSAGE_TOO_BIG, f"message over {self.config.max_frame_size} bytes")
+                return
+            await self._act(conn, message)
+        except Exception:
+            logger.exception("handling a frame of connection %s failed; closing it (1011)", conn.id)
+            conn.fail(CloseCode.INTERNAL_ERROR, "internal error")
+
+    async def _act(self, conn: Connection, message: str | bytes) -> None:
         try:
             frame = parse_client_frame(message, limits=self._limits)
         except ProtocolError as exc:

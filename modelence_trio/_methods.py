@@ -18,7 +18,7 @@ import attrs
 
 from ._auth import Identity, IdentityView
 from ._hub import Hub
-from .protocol import HandshakeRejected, token_from_cookie
+from .protocol import HandshakeRejected, loads_utf8, token_from_cookie
 
 __all__ = ["HttpResponse", "Method", "MethodContext", "MethodError", "call_method"]
 
@@ -98,9 +98,9 @@ async def call_method(
         # Also what stops a cross-site <form> from calling methods with the user's cookie.
         return _failure(415, "unsupported_media_type", "send the request body as application/json")
     try:
-        request = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return _failure(400, "invalid_request", "the request body is not valid JSON")
+        request = loads_utf8(body.decode())
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return _failure(400, "invalid_request", "the request body is not valid JSON (or not valid Unicode)")
     if not isinstance(request, dict):
         return _failure(400, "invalid_request", "the request body must be a JSON object")
     args = request.get("args", {})

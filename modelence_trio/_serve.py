@@ -41,7 +41,7 @@ async def serve_websocket(
         await nursery.start(
             partial(trio.serve_listeners, partial(serve_stream, hub), listeners, handler_nursery=handler_nursery)
         )
-        nursery.start_soon(hub.run)
+        await nursery.start(hub.run)
         logger.info("modelence-trio listening on ws://%s:%d", host or "0.0.0.0", bound)
         task_status.started(bound)
         await trio.sleep_forever()
@@ -82,7 +82,7 @@ async def _handshake(
         stream, wsproto.WSConnection(wsproto.ConnectionType.SERVER), max_message_size=hub.config.max_frame_size
     )
     transport = TrioWebSocketTransport(ws)
-    nursery.start_soon(ws._reader_task)
+    nursery.start_soon(transport.run_reader)
     request = None
     with trio.move_on_after(hub.config.handshake_timeout):
         request = await ws._get_request()

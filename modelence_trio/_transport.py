@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import trio
 import trio_websocket
+import wsproto.connection
 import wsproto.events
 
 from ._wire import Outgoing
@@ -81,7 +82,11 @@ class _BackloggedStream(trio.abc.Stream):
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
-        sock = getattr(getattr(stream, "socket", None), "_sock", None)
+        trio_sock = getattr(stream, "socket", None)
+        # Trio's socket (public on SocketStream): writes through it report
+        # exactly how much went out, even when cancelled (see send_frames).
+        self._trio_sock = trio_sock if isinstance(trio_sock, trio.socket.SocketType) else None
+        sock = getattr(trio_sock, "_sock", None)
         # The stdlib socket under trio's (TCP only; TLS and in-memory streams have none).
         self._sock = sock if isinstance(sock, socket.socket) else None
         self.backlog = b""
@@ -95,9 +100,43 @@ class _BackloggedStream(trio.abc.Stream):
             return 0
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.send_frames([bytes(data)])
+
+    async def send_frames(self, frames: Sequence[bytes]) -> None:
+        """Write the backlog, then ``frames``, each a whole WebSocket frame.
+
+        Cancelled part-way (a connection cut off as a slow consumer), it
+        keeps the unwritten rest of the frame it was in as the backlog, and
+        drops the frames after it: whatever is written next (the close frame)
+        starts at a frame boundary. A stream without a trio socket cannot say
+        how much it wrote, so there each frame is written whole, shielded; a
+        deadline on the connection still bounds it.
+        """
         if self.backlog:
-            data, self.backlog = self.backlog + data, b""
-        await self._stream.send_all(data)
+            frames = [self.backlog, *frames]
+            self.backlog = b""
+        sock = self._trio_sock
+        if sock is None:
+            for frame in frames:
+                with trio.CancelScope(shield=True):
+                    await self._stream.send_all(frame)
+                await trio.lowlevel.checkpoint_if_cancelled()
+            return
+        data = memoryview(b"".join(frames)) if len(frames) > 1 else memoryview(frames[0])
+        sent = 0
+        try:
+            while sent < len(data):
+                sent += await sock.send(data[sent : sent + _WRITE_CHUNK])
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+        except trio.Cancelled:
+            end = 0
+            for frame in frames:
+                end += len(frame)
+                if end > sent:
+                    self.backlog = bytes(data[sent:end])  # the rest of the frame under way, no more
+                    break
+            raise
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
@@ -135,6 +174,7 @@ class TrioWebSocketTransport:
         self._inbox = _Inbox()
         ws._send_channel = ws._recv_channel = self._inbox  # type: ignore[assignment]
         self._lock: trio.StrictFIFOLock = ws._stream_lock
+        self.reading = False
         self._stream = ws._stream = _BackloggedStream(ws._stream)
 
     async def run(self, on_message: Callable[[str | bytes], Awaitable[None]]) -> None:
@@ -144,14 +184,13 @@ class TrioWebSocketTransport:
         await self._inbox.run(on_message)
 
     async def send(self, frames: Sequence[Outgoing]) -> None:
-        data = b"".join([frame.wire for frame in frames])
-        if not data and not self._stream.backlog:
+        if not frames and not self._stream.backlog:
             return
         async with self._lock:
             if self._ws.closed is not None:
                 raise TransportClosed(str(self._ws.closed))
             try:
-                await self._stream.send_all(data)
+                await self._stream.send_frames([frame.wire for frame in frames])
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise TransportClosed(str(exc)) from None
 
@@ -181,7 +220,33 @@ class TrioWebSocketTransport:
         return answered.is_set
 
     async def close(self, code: int, reason: str) -> None:
-        await self._ws.aclose(code, reason)
+        if self.reading:
+            await self._ws.aclose(code, reason)  # its reader task sees the peer's answer
+            return
+        # The connection was cut off (its nursery cancelled, the reader task
+        # with it): send the close frame and read the answer here, discarding
+        # anything else the peer still sends, so that the closing handshake
+        # completes and the caller closes TCP at once (RFC 6455, 5.5.1).
+        proto = self._ws._wsproto
+        if proto.state is wsproto.connection.ConnectionState.OPEN:
+            data = proto.send(wsproto.events.CloseConnection(code=code, reason=reason))
+            async with self._lock:
+                await self._stream.send_frames([data])
+        while proto.state is not wsproto.connection.ConnectionState.CLOSED:
+            received = await self._stream.receive_some(_READ_CHUNK)
+            if not received:
+                return
+            proto.receive_data(bytes(received))
+            for _ in proto.events():
+                pass
+
+    async def run_reader(self) -> None:
+        """trio-websocket's reader task, marked as running (see ``close``)."""
+        self.reading = True
+        try:
+            await self._ws._reader_task()
+        finally:
+            self.reading = False
 
 
 class _Inbox:
@@ -229,6 +294,8 @@ class _Inbox:
 
 
 _ping_ids = itertools.count()
+_WRITE_CHUNK = 256 * 1024
+_READ_CHUNK = 64 * 1024
 
 
 class _IgnoredEvent:

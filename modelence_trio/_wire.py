@@ -12,7 +12,7 @@ import struct
 
 import attrs
 
-__all__ = ["Outgoing", "text_frame_header"]
+__all__ = ["Outgoing", "message_size", "text_frame_header"]
 
 _FIN_TEXT = 0x81
 
@@ -26,6 +26,14 @@ def text_frame_header(length: int) -> bytes:
     return struct.pack("!BBQ", _FIN_TEXT, 127, length)
 
 
+def message_size(message: str | bytes) -> int:
+    """A received message's size in bytes of UTF-8, as every limit counts it
+    (protocol.md); encoding only when the character count leaves it open."""
+    if isinstance(message, bytes) or message.isascii():
+        return len(message)
+    return len(message.encode("utf-8", "surrogatepass"))
+
+
 @attrs.frozen
 class Outgoing:
     """One frame on its way to clients: the text for message-level transports
@@ -37,5 +45,10 @@ class Outgoing:
 
     @classmethod
     def from_text(cls, text: str) -> Outgoing:
-        payload = text.encode()
+        """Raises ``ValueError`` for text that is not valid Unicode (a lone
+        surrogate): callers encode before they change any state."""
+        try:
+            payload = text.encode()
+        except UnicodeEncodeError:
+            raise ValueError("the frame holds a lone UTF-16 surrogate, which cannot be sent as UTF-8") from None
         return cls(text, text_frame_header(len(payload)) + payload)

@@ -124,7 +124,8 @@ async def test_large_backlog_with_server_pings_stays_intact(nursery: trio.Nurser
     # frames and pinging: the socket buffer fills, direct writes go partial,
     # and pings must still land between frames, never inside one.
     chat: ServerChannel = ServerChannel("chat")
-    hub = Hub([chat], config=HubConfig(heartbeat_interval=0.02, heartbeat_timeout=30))
+    config = HubConfig(heartbeat_interval=0.02, heartbeat_timeout=30, outbound_queue_bytes=16 * 1024 * 1024)
+    hub = Hub([chat], config=config)  # room for the whole 8 MB backlog
     port = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
     count, pad = 400, "y" * 20_000
     async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/", message_queue_size=1) as ws:

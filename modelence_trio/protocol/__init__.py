@@ -11,6 +11,7 @@ from ._codec import (
     encode,
     encode_message,
     error_reply,
+    loads_utf8,
     parse_client_frame,
     parse_server_frame,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "encode",
     "encode_message",
     "error_reply",
+    "loads_utf8",
     "parse_client_frame",
     "parse_server_frame",
     "split_channel",

@@ -7,6 +7,7 @@ the input, so transports can answer bad frames and keep the connection open.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
@@ -39,6 +40,8 @@ __all__ = [
     "encode",
     "encode_message",
     "error_reply",
+    "has_lone_surrogate",
+    "loads_utf8",
     "parse_client_frame",
     "parse_server_frame",
 ]
@@ -152,11 +155,49 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+#: A JSON escape of a UTF-16 surrogate: the only way JSON text that is valid
+#: UTF-8 can decode to a string that is not (a lone ``"\\ud800"``).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def has_lone_surrogate(value: Any) -> bool:
+    """Whether parsed JSON holds a string (or key) that cannot be encoded as
+    UTF-8. Iterative: the input is untrusted."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def loads_utf8(text: str) -> Any:
+    """``json.loads`` that also refuses escaped lone surrogates, so that
+    everything it returns can be encoded again (to a frame, to BSON). The
+    scan for the escape keeps the walk off the path of ordinary text.
+
+    Raises:
+        ValueError: not JSON, or a string that is not valid Unicode.
+    """
+    value = json.loads(text)
+    if _SURROGATE_ESCAPE.search(text) and has_lone_surrogate(value):
+        raise ValueError("a string holds a lone UTF-16 surrogate, which is not valid Unicode")
+    return value
+
+
 def _load(text: str | bytes) -> dict[str, Any]:
     if not isinstance(text, str):
         raise ProtocolError(ErrorCode.BINARY_FRAME, "binary frames are not supported; send JSON text")
     try:
-        obj = json.loads(text)
+        obj = loads_utf8(text)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(ErrorCode.INVALID_JSON, f"frame is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
