@@ -100,3 +100,60 @@ async def test_handler_fault_ends_only_that_connection(
     assert hub.statistics().connections == 50
     for ws in healthy:
         assert await request(ws, {"type": "ping", "ref": 7}) == {"type": "pong", "ref": 7}
+
+
+async def test_slow_consumer_close_lands_on_a_frame_boundary(nursery: trio.Nursery) -> None:
+    # A raw client (wsproto parses every byte it receives) stops reading
+    # while 16 KB broadcasts pile up; the server cuts it off with 4002. Every
+    # byte before the close must parse as whole frames, then the close.
+    import wsproto
+    from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+
+    from modelence_trio import Hub, serve_websocket
+
+    chat: ServerChannel[Any] = ServerChannel("chat", history=None)
+    hub = Hub([chat], config=HubConfig(outbound_queue_bytes=256 * 1024, heartbeat_interval=None))
+    port = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    texts: list[str] = []
+    parts: list[str] = []
+    closes: list[CloseConnection] = []
+
+    async def read_until(done: Any) -> None:
+        with trio.fail_after(15):
+            while not done():
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                client.receive_data(data)
+                for event in client.events():
+                    if isinstance(event, TextMessage):
+                        parts.append(event.data)
+                        if event.message_finished:
+                            texts.append("".join(parts))
+                            parts.clear()
+                    elif isinstance(event, CloseConnection):
+                        closes.append(event)
+                        await stream.send_all(client.send(event.response()))
+                    elif not isinstance(event, AcceptConnection):
+                        raise AssertionError(f"unexpected {event!r}")
+
+    await stream.send_all(client.send(Request(host="127.0.0.1", target="/ws")))
+    await read_until(lambda: texts)  # welcome
+    await stream.send_all(client.send(TextMessage('{"type":"join","channel":"chat:big"}')))
+    await read_until(lambda: len(texts) >= 2)
+    assert json.loads(texts[1])["type"] == "joined"
+    pad = "z" * 16_000
+    sent = 0
+    while hub.statistics().subscriptions and sent < 5000:
+        chat.broadcast("big", {"i": sent, "pad": pad})
+        sent += 1
+        if sent % 10 == 0:
+            await trio.sleep(0)
+    assert hub.statistics().subscriptions == 0, "never cut off"
+    await read_until(lambda: False)  # to EOF
+    assert [c.code for c in closes] == [4002]
+    messages = [json.loads(text) for text in texts[2:]]
+    assert [m["data"]["i"] for m in messages] == list(range(len(messages)))
+    assert all(m["data"]["pad"] == pad for m in messages)
