@@ -90,6 +90,7 @@ class _BackloggedStream(trio.abc.Stream):
         # The stdlib socket under trio's (TCP only; TLS and in-memory streams have none).
         self._sock = sock if isinstance(sock, socket.socket) else None
         self.backlog = b""
+        self.torn = False
 
     def try_send(self, data: bytes) -> int:
         if self._sock is None:
@@ -108,19 +109,24 @@ class _BackloggedStream(trio.abc.Stream):
         Cancelled part-way (a connection cut off as a slow consumer), it
         keeps the unwritten rest of the frame it was in as the backlog, and
         drops the frames after it: whatever is written next (the close frame)
-        starts at a frame boundary. A stream without a trio socket cannot say
-        how much it wrote, so there each frame is written whole, shielded; a
-        deadline on the connection still bounds it.
+        starts at a frame boundary. A stream without a trio socket (TLS, an
+        in-memory stream) cannot say how much it wrote: cancelled inside a
+        write, it is torn, and refuses every later write (no close frame
+        then, rather than one inside a frame).
         """
+        if self.torn:
+            raise trio.BrokenResourceError("a write was cut short; the stream has no frame boundary")
         if self.backlog:
             frames = [self.backlog, *frames]
             self.backlog = b""
         sock = self._trio_sock
         if sock is None:
             for frame in frames:
-                with trio.CancelScope(shield=True):
+                try:
                     await self._stream.send_all(frame)
-                await trio.lowlevel.checkpoint_if_cancelled()
+                except trio.Cancelled:
+                    self.torn = True
+                    raise
             return
         data = memoryview(b"".join(frames)) if len(frames) > 1 else memoryview(frames[0])
         sent = 0
