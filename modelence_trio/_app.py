@@ -133,7 +133,6 @@ class App:
         if self.static_dir is not None and not self.static_dir.is_dir():
             raise ValueError(f"static_dir is not a directory: {self.static_dir}")
         self.max_request_size = max_request_size
-        self._hub_running = False
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -192,7 +191,7 @@ class App:
             if scope["path"] != self.websocket_path:
                 await send({"type": "websocket.close", "code": 1008, "reason": "no WebSocket endpoint here"})
                 return
-            if not self._hub_running:
+            if not self.hub.running:
                 logger.warning("a WebSocket arrived but the hub is not running: serve the app with ASGI lifespan on")
             await serve_asgi_websocket(self.hub, scope, receive, send)
         elif kind == "lifespan":
@@ -204,12 +203,11 @@ class App:
         if (await receive())["type"] != "lifespan.startup":
             return
         async with trio.open_nursery() as nursery:
-            await nursery.start(self.hub.run)
-            self._hub_running = True
+            if not self.hub.running:  # else it is shared, and run by its owner
+                await nursery.start(self.hub.run)
             await send({"type": "lifespan.startup.complete"})
             await receive()  # lifespan.shutdown
             nursery.cancel_scope.cancel()
-        self._hub_running = False
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:

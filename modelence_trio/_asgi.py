@@ -4,13 +4,9 @@ handed to the same connection core as the trio-websocket server.
 Under ASGI the server owns the socket and its framing, so this transport has
 no non-blocking fast path and cannot ping (the server may: hypercorn's
 ``websocket_ping_interval``). Everything else, from the handshake's
-authentication to slow-consumer cut-offs, is the hub's.
-
-Under hypercorn one thing is done below the ASGI interface: a batch of
-frames, already encoded once per broadcast, is written as one block through
-hypercorn's own stream writer instead of one ASGI ``websocket.send`` (and
-one framing, one system call) per frame. That is most of the cost of a
-delivery under ASGI. Other servers get the plain ASGI path.
+authentication to slow-consumer cut-offs, is the hub's. Under hypercorn,
+``_hypercorn`` reaches below the interface for speed and bounded input;
+every other server, or a hypercorn whose internals differ, gets plain ASGI.
 """
 
 from __future__ import annotations
@@ -19,9 +15,8 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 import trio
-from hypercorn.protocol.events import Data
-from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
 
+from . import _hypercorn
 from ._hub import Hub
 from ._transport import SendResult, TransportClosed
 from ._wire import Outgoing
@@ -36,40 +31,90 @@ Send = Callable[[Message], Awaitable[None]]
 
 
 class AsgiTransport:
-    """An accepted ASGI WebSocket seen as a ``Transport``."""
+    """An ASGI WebSocket seen as a ``Transport``."""
 
-    def __init__(self, receive: Receive, send: Send) -> None:
-        """Wrap an ASGI WebSocket that has been accepted."""
+    def __init__(self, receive: Receive, send: Send, max_message_bytes: int, close_timeout: float) -> None:
+        """Wrap an ASGI WebSocket before it is accepted (see :meth:`accept`)."""
         self._receive = receive
         self._send = send
+        self._close_timeout = close_timeout
+        self._lock = trio.StrictFIFOLock()
+        self._writing: trio.CancelScope | None = None
+        self._torn = False
+        self._ending = False
         self._closed = False  # disconnected, or our close was sent
-        self._write = _hypercorn_writer(send)
+        self._disconnected = trio.Event()
+        self._reading = False
+        self._reader = trio.CancelScope()
+        self.overflowed = False
+        self._fast = _hypercorn.attach(send, max_message_bytes, self._on_overflow)
+
+    async def accept(self) -> None:
+        if self._fast is not None:
+            self._fast.before_accept()
+        await self._send({"type": "websocket.accept"})
+
+    def _on_overflow(self) -> None:
+        # hypercorn has sent 1009 and drops what follows: the connection is over.
+        self.overflowed = self._closed = True
+        self._reader.cancel()
 
     async def run(self, on_message: Callable[[str | bytes], Awaitable[None]]) -> None:
-        while True:
-            event = await self._receive()
-            kind = event["type"]
-            if kind == "websocket.disconnect":
-                self._closed = True
-                return
-            if kind != "websocket.receive" or self._closed:
-                continue
-            text = event.get("text")
-            message: str | bytes | None = text if text is not None else event.get("bytes")
-            if message is None:
-                continue
-            await on_message(message)  # the hub applies its size limit (in bytes) to every transport
+        self._reading = True
+        try:
+            with self._reader:
+                while not self._disconnected.is_set():
+                    message = await self._next_message()
+                    if message is not None and not self._closed:
+                        await on_message(message)  # the hub applies its size limit (in bytes) to every transport
+        finally:
+            self._reading = False
+            self._bound_writes()  # the connection is ending; its writer must not outlive it
+
+    async def _next_message(self) -> str | bytes | None:
+        event = await self._receive()
+        kind = event["type"]
+        if kind == "websocket.disconnect":
+            self._closed = True
+            self._disconnected.set()
+            return None
+        if kind != "websocket.receive":
+            return None
+        text = event.get("text")
+        message: str | bytes | None = text if text is not None else event.get("bytes")
+        return message
 
     async def send(self, frames: Sequence[Outgoing]) -> None:
-        if self._write is not None:
-            if self._closed:
+        """Write ``frames``; a frame is never cut short by cancellation.
+
+        The server's stream cannot say how much of a cancelled write went
+        out, so writes are shielded; :meth:`close` gives one under way
+        ``close_timeout`` to finish. One that does not is torn: the
+        connection then ends without a close frame (TCP aborted).
+        """
+        async with self._lock:
+            if self._closed or self._torn or (self._fast is not None and self._fast.closed):
                 raise TransportClosed("the WebSocket is closed")
-            await self._write(b"".join([frame.wire for frame in frames]))
-            return
-        for frame in frames:
-            if self._closed:
-                raise TransportClosed("the WebSocket is closed")
-            await self._send({"type": "websocket.send", "text": frame.text})
+            if self._fast is not None:
+                await self._write(self._fast.write(b"".join([frame.wire for frame in frames])))
+            else:
+                for frame in frames:
+                    await self._write(self._send({"type": "websocket.send", "text": frame.text}))
+
+    async def _write(self, write: Awaitable[None]) -> None:
+        with trio.CancelScope(shield=True) as scope:
+            self._writing = scope
+            if self._ending:
+                scope.deadline = trio.current_time() + self._close_timeout
+            await write
+        self._writing = None
+        if scope.cancelled_caught:
+            self._torn = True  # no close frame can follow: abort TCP (only possible under hypercorn)
+            if self._fast is not None:
+                with trio.CancelScope(shield=True):
+                    await self._fast.abort()
+            raise TransportClosed("a write did not finish within close_timeout")
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     def send_nowait(self, wire: bytes) -> SendResult:
         return SendResult.QUEUE  # every send goes through the server's framing
@@ -78,33 +123,34 @@ class AsgiTransport:
         return None
 
     async def close(self, code: int, reason: str) -> None:
-        """Send the close frame. The server completes the closing handshake
-        (ASGI gives the app no part in it), so there is nothing to wait for."""
-        if not self._closed:
-            self._closed = True
-            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        """Send the close frame once a write under way has finished (within
+        ``close_timeout``), then wait for the peer's answer (the caller bounds
+        the wait): the server closes TCP once it has it, or once the app
+        returns. After a torn write, TCP is aborted without a close frame."""
+        self._bound_writes()
+        async with self._lock:  # the write under way ends first
+            if self._torn:
+                return  # aborted
+            if not self._closed:
+                self._closed = True
+                if self._fast is not None:
+                    self._fast.stop_reading()
+                await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        await self.wait_disconnected()
 
+    def _bound_writes(self) -> None:
+        """The connection is ending: a write under way, or any later one,
+        gets ``close_timeout`` to finish."""
+        self._ending = True
+        if self._writing is not None:
+            self._writing.deadline = min(self._writing.deadline, trio.current_time() + self._close_timeout)
 
-def _hypercorn_writer(send: Send) -> Callable[[bytes], Awaitable[None]] | None:
-    """Write encoded frames through the hypercorn WebSocket stream behind ``send``.
-
-    hypercorn hands its ``WSStream.app_send`` to the app as ``send``; the
-    stream's own writer takes raw bytes (``Data`` events) and serialises them
-    with hypercorn's control frames (pongs, close) under its send lock.
-    Valid with or without permessage-deflate (an uncompressed message is
-    always allowed), over HTTP/1.1 and HTTP/2. Tested with hypercorn 0.18;
-    ``None`` (the plain ASGI path) when ``send`` is anything else.
-    """
-    stream = getattr(send, "__self__", None)
-    if not isinstance(stream, WSStream) or stream.state != ASGIWebsocketState.CONNECTED:
-        return None
-
-    async def write(data: bytes) -> None:
-        if stream.closed:
-            raise TransportClosed("the WebSocket is closed")
-        await stream.send(Data(stream_id=stream.stream_id, data=data))
-
-    return write
+    async def wait_disconnected(self) -> None:
+        if self._reading:
+            await self._disconnected.wait()  # run() sees it
+            return
+        while not self._disconnected.is_set():
+            await self._next_message()  # dropped: the connection is closing
 
 
 async def serve_asgi_websocket(hub: Hub, scope: Scope, receive: Receive, send: Send) -> None:
@@ -129,8 +175,8 @@ async def serve_asgi_websocket(hub: Hub, scope: Scope, receive: Receive, send: S
     except HandshakeRejected as exc:
         await _refuse(scope, send, exc)
         return
-    await send({"type": "websocket.accept"})
-    transport = AsgiTransport(receive, send)
+    transport = AsgiTransport(receive, send, hub.config.max_frame_size, hub.config.close_timeout)
+    await transport.accept()
 
     async with trio.open_nursery() as guard:
         async with trio.open_nursery() as nursery:
@@ -147,6 +193,9 @@ async def serve_asgi_websocket(hub: Hub, scope: Scope, receive: Receive, send: S
             guard.start_soon(end_politely_when_cancelled)
             with hub.shield_connection(nursery):
                 await hub.serve_connection(transport, identity, nursery)
+                if transport.overflowed:  # hypercorn closed it with 1009; wait for the answer
+                    with trio.move_on_after(hub.config.close_timeout):
+                        await transport.wait_disconnected()
                 nursery.cancel_scope.cancel()
         guard.cancel_scope.cancel()
 

@@ -160,8 +160,8 @@ class Hub:
         self._connections: set[Connection] = set()
         self._shields: set[trio.CancelScope] = set()
         self._stopping = False
-        self._run_lock = trio.Lock()
-        self._ready = trio.Event()  # set while a run() is ready
+        self._running = False  # run() has begun
+        self._ready = False  # and is ready
         self._instance = secrets.token_hex(4)
         self._anonymous = Identity(None, None, config.anonymous_roles)
         for channel in self._channels.values():
@@ -224,7 +224,7 @@ class Hub:
     # --- the hub's own life: heartbeats and shutdown ---------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
-        """The hub's background work; every server of this hub runs it.
+        """The hub's background work, for every server of this hub.
 
         It pings every connection every ``heartbeat_interval`` (one task for
         all connections, not one each) and drops those whose pong does not
@@ -233,33 +233,37 @@ class Hub:
         asks the authenticator whether each signed-in connection's session
         still holds, and closes those that ended (4001). When it is cancelled, the hub shuts
         down gracefully: each connection flushes what is queued and closes with
-        1001 within ``shutdown_grace``. If several servers run it, one does the
-        pinging and the others wait; cancelling any of them shuts the hub down.
+        1001 within ``shutdown_grace``.
 
         Start it with ``await nursery.start(hub.run)``: that returns once the
         hub is ready, the fan-out's collections prepared and its sequence
         read included, so no connection is accepted on a half-set-up hub.
+        Servers started on a running hub use it (``serve_websocket``, the
+        App's lifespan); one that finds it idle runs it for as long as it
+        serves. A hub runs once at a time: a second ``run`` raises.
         """
-        started = False
+        if self._running:
+            raise RuntimeError("this hub is already running; servers started now share it")
+        self._running = True
         try:
-            if self._run_lock.locked():  # another server runs it: ready when that one is
-                await self._ready.wait()
-                task_status.started()
-                started = True
-            async with self._run_lock, trio.open_nursery() as nursery:
+            async with trio.open_nursery() as nursery:
                 self._stopping = False
                 nursery.start_soon(self._heartbeats)
                 nursery.start_soon(self._session_checks)
                 nursery.start_soon(self._sweep_histories)
                 if self.fanout is not None:
                     await nursery.start(self.fanout.run, self)
-                self._ready.set()
-                if not started:
-                    task_status.started()
+                self._ready = True
+                task_status.started()
             raise AssertionError("unreachable: the heartbeats never end")  # pragma: no cover
         finally:
-            self._ready = trio.Event()
+            self._running = self._ready = False
             self.begin_shutdown()
+
+    @property
+    def running(self) -> bool:
+        """Whether :meth:`run` is running and ready (servers use the hub then)."""
+        return self._ready
 
     def begin_shutdown(self) -> None:
         """Ask every connection to flush and close with 1001, under the grace deadline."""

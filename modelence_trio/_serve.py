@@ -1,4 +1,4 @@
-"""The trio-websocket transport: a TCP server, and the per-stream handshake it runs."""
+"""The trio-websocket transport: a TCP server, and the per-stream work it runs."""
 
 from __future__ import annotations
 
@@ -7,13 +7,9 @@ from functools import partial
 from typing import NoReturn
 
 import trio
-import trio_websocket
-import wsproto
 
-from ._auth import Identity
+from . import _trio_websocket
 from ._hub import Hub
-from ._transport import TrioWebSocketTransport
-from .protocol import HandshakeRejected
 
 __all__ = ["serve_stream", "serve_websocket"]
 
@@ -31,71 +27,67 @@ async def serve_websocket(
     """Serve ``hub`` over WebSockets on ``host:port`` until cancelled.
 
     Start it with ``port = await nursery.start(serve_websocket, hub, host, 0)``:
-    the call returns the bound port once the server accepts connections.
-    Cancelling it stops accepting and closes every connection with 1001 after
-    flushing what was queued for it (within ``HubConfig.shutdown_grace``).
+    the call returns the bound port once the server accepts connections, on
+    a ready hub. A hub that is not running yet is run by this server, for as
+    long as it serves; to share one hub between servers (this one and an
+    :class:`App`, or two ports), run it first, ``await nursery.start(hub.run)``.
+    Cancelling the server stops accepting and closes its connections with
+    1001 after flushing what was queued for each (within
+    ``HubConfig.shutdown_grace``); a hub it did not start goes on serving
+    the others.
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound: int = listeners[0].socket.getsockname()[1]
+    connections: set[trio.Nursery] = set()
+
+    async def shut_down_connections_when_cancelled() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            for connection in list(connections):
+                hub.shut_down_connection(connection)
+
     async with trio.open_nursery() as nursery:
-        await nursery.start(
-            partial(trio.serve_listeners, partial(serve_stream, hub), listeners, handler_nursery=handler_nursery)
-        )
-        await nursery.start(hub.run)
+        if not hub.running:
+            await nursery.start(hub.run)
+        nursery.start_soon(shut_down_connections_when_cancelled)
+        handler = partial(serve_stream, hub, connections=connections)
+        await nursery.start(partial(trio.serve_listeners, handler, listeners, handler_nursery=handler_nursery))
         logger.info("modelence-trio listening on ws://%s:%d", host or "0.0.0.0", bound)
         task_status.started(bound)
         await trio.sleep_forever()
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def serve_stream(hub: Hub, stream: trio.abc.Stream) -> None:
+async def serve_stream(hub: Hub, stream: trio.abc.Stream, *, connections: set[trio.Nursery] | None = None) -> None:
     """Run the WebSocket handshake on ``stream`` and then the hub's connection core.
 
-    One nursery per connection, under the hub's connection shield, holds
-    trio-websocket's reader task and our writer when one is needed; it is gone
-    when this returns. Errors are logged and contained: one broken connection
-    never takes down the server.
+    Two nurseries per connection, under the hub's connection shield: the
+    outer holds trio-websocket's reader task, which must see the peer's
+    answer to our close frame; the inner is the hub's for the connection
+    (its writer, when one is needed), and cancelling it ends the connection.
+    Both are gone when this returns. Errors are logged and contained: one
+    broken connection never takes down the server. ``connections`` (the
+    server's) holds the inner nursery while the connection is served.
     """
     try:
-        async with trio.open_nursery() as nursery:
-            with hub.shield_connection(nursery):
-                accepted = await _handshake(hub, nursery, stream)
+        async with trio.open_nursery() as outer:
+            with hub.shield_connection(outer):
+                accepted = await _trio_websocket.handshake(hub, outer, stream)
                 if accepted is not None:
-                    await hub.serve_connection(*accepted, nursery)
+                    async with trio.open_nursery() as nursery:
+                        if connections is not None:
+                            connections.add(nursery)
+                        try:
+                            await hub.serve_connection(*accepted, nursery)
+                        finally:
+                            if connections is not None:
+                                connections.discard(nursery)
+                        nursery.cancel_scope.cancel()
                 # trio-websocket's reader task is still running; the connection is over.
-                nursery.cancel_scope.cancel()
+                outer.cancel_scope.cancel()
     except Exception:
         logger.exception("connection failed")
     finally:
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(stream)
-
-
-async def _handshake(
-    hub: Hub, nursery: trio.Nursery, stream: trio.abc.Stream
-) -> tuple[TrioWebSocketTransport, Identity] | None:
-    """Accept or refuse the opening handshake. The request (and its headers)
-    is not kept: it goes with this frame once the connection is accepted."""
-    # What trio_websocket.wrap_server_stream does, with our transport wrapped
-    # around the connection before its reader task first runs (see _transport).
-    ws = trio_websocket.WebSocketConnection(
-        stream, wsproto.WSConnection(wsproto.ConnectionType.SERVER), max_message_size=hub.config.max_frame_size
-    )
-    transport = TrioWebSocketTransport(ws)
-    nursery.start_soon(transport.run_reader)
-    request = None
-    with trio.move_on_after(hub.config.handshake_timeout):
-        request = await ws._get_request()
-    if request is None:
-        return None
-    try:
-        identity = await hub.authenticate(request.path, request.headers)
-    except HandshakeRejected as exc:
-        await request.reject(
-            exc.status,
-            extra_headers=[(b"Content-Type", b"text/plain; charset=utf-8")],
-            body=exc.reason.encode(),
-        )
-        return None
-    await request.accept()
-    return transport, identity

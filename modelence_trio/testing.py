@@ -148,5 +148,6 @@ async def open_memory_server(hub: Hub) -> AsyncIterator[MemoryServer]:
     connections get close 1001 after their queued frames.
     """
     async with background_nursery() as nursery:
-        await nursery.start(hub.run)
+        if not hub.running:
+            await nursery.start(hub.run)
         yield MemoryServer(hub, nursery)

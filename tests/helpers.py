@@ -7,7 +7,17 @@ from typing import Any
 import trio
 import trio_websocket
 
-from modelence_trio import App, Authenticator, Hub, HubConfig, Module, ServerChannel, serve_websocket
+from modelence_trio import (
+    App,
+    Authenticator,
+    Hub,
+    HubConfig,
+    Module,
+    ServerChannel,
+    _hypercorn,
+    _trio_websocket,
+    serve_websocket,
+)
 
 
 async def receive_json(ws: trio_websocket.WebSocketConnection, timeout: float = 5) -> dict[str, Any]:
@@ -31,6 +41,8 @@ async def request(ws: trio_websocket.WebSocketConnection, frame: dict[str, Any])
 
 #: Every WebSocket transport; tests parametrised over it run the same scenario against each.
 TRANSPORTS = ["trio-websocket", "hypercorn"]
+#: The same, plus each transport's public-API fallback (the fast paths' internals unused).
+ALL_PATHS = [*TRANSPORTS, "trio-websocket-public", "hypercorn-public"]
 
 
 async def start_server(
@@ -41,7 +53,17 @@ async def start_server(
     authenticator: Authenticator | None = None,
     config: HubConfig = HubConfig(),
 ) -> tuple[str, Hub]:
-    """Serve ``channels`` over real sockets with ``transport``; the ``ws://`` URL and the hub."""
+    """Serve ``channels`` over real sockets with ``transport``; the ``ws://`` URL and the hub.
+
+    A ``-public`` transport turns its fast path off for the rest of the test
+    (conftest turns it back on).
+    """
+    if transport.endswith("-public"):
+        transport = transport.removesuffix("-public")
+        if transport == "trio-websocket":
+            _trio_websocket.ENABLED = False
+        else:
+            _hypercorn.ENABLED = False
     if transport == "trio-websocket":
         hub = Hub(channels, authenticator=authenticator, config=config)
         port = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
@@ -62,3 +84,66 @@ async def expect_close(ws: trio_websocket.WebSocketConnection, code: int, timeou
             assert exc.reason.code == code
         else:
             raise AssertionError(f"expected close {code}")
+
+
+class RawClient:
+    """A WebSocket client on wsproto over a TCP stream: every byte the server
+    sends is parsed here, so a test sees exactly what is on the wire."""
+
+    def __init__(self, stream: trio.SocketStream, extensions: Sequence[Any] = ()) -> None:
+        import wsproto
+
+        self.stream = stream
+        self.ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+        self.extensions = list(extensions)
+        self.accepted: Any = None  # the AcceptConnection event
+        self.texts: list[str] = []
+        self.closes: list[int] = []
+        self.eof = False
+        self._parts: list[str] = []
+
+    @classmethod
+    async def connect(cls, url: str, extensions: Sequence[Any] = ()) -> RawClient:
+        from urllib.parse import urlsplit
+
+        from wsproto.events import Request
+
+        parts = urlsplit(url)
+        assert parts.hostname is not None and parts.port is not None
+        client = cls(await trio.open_tcp_stream(parts.hostname, parts.port), extensions)
+        request = Request(host=parts.netloc, target=parts.path, extensions=client.extensions)
+        await client.stream.send_all(client.ws.send(request))
+        await client.read_until(lambda: client.texts)  # the welcome
+        return client
+
+    async def send_text(self, text: str) -> None:
+        from wsproto.events import TextMessage
+
+        await self.stream.send_all(self.ws.send(TextMessage(text)))
+
+    async def read_until(self, done: Any, timeout: float = 15) -> None:
+        """Read and parse until ``done()`` or EOF; a close frame is answered."""
+        from wsproto.events import AcceptConnection, CloseConnection, Ping, TextMessage
+
+        with trio.fail_after(timeout):
+            while not done() and not self.eof:
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    self.eof = True
+                    return
+                self.ws.receive_data(data)
+                for event in self.ws.events():
+                    if isinstance(event, TextMessage):
+                        self._parts.append(event.data)
+                        if event.message_finished:
+                            self.texts.append("".join(self._parts))
+                            self._parts.clear()
+                    elif isinstance(event, CloseConnection):
+                        self.closes.append(event.code)
+                        await self.stream.send_all(self.ws.send(event.response()))
+                    elif isinstance(event, AcceptConnection):
+                        self.accepted = event
+                    elif isinstance(event, Ping):
+                        await self.stream.send_all(self.ws.send(event.response()))
+                    else:
+                        raise AssertionError(f"unexpected {event!r}")

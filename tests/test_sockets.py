@@ -14,10 +14,10 @@ import trio_websocket
 
 from modelence_trio import ChannelContext, HubConfig, MemoryAuthenticator, ServerChannel, User
 
-from .helpers import TRANSPORTS, receive_json, request, send_json, start_server
+from .helpers import ALL_PATHS, receive_json, request, send_json, start_server
 
 
-@pytest.fixture(params=TRANSPORTS)
+@pytest.fixture(params=ALL_PATHS)
 def transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

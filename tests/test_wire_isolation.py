@@ -13,7 +13,7 @@ from modelence_trio import HubConfig, ServerChannel
 from modelence_trio._history import History, HistoryBook
 from modelence_trio.protocol import ProtocolError, parse_client_frame
 
-from .helpers import TRANSPORTS, expect_close, receive_json, request, start_server
+from .helpers import ALL_PATHS, TRANSPORTS, RawClient, expect_close, receive_json, request, start_server
 
 
 @pytest.mark.parametrize(
@@ -47,7 +47,7 @@ async def _joined(url: str, nursery: trio.Nursery) -> trio_websocket.WebSocketCo
     return ws
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("transport", ALL_PATHS)
 async def test_lone_surrogate_frame_hurts_nobody(nursery: trio.Nursery, transport: str) -> None:
     chat: ServerChannel[Any] = ServerChannel("chat")
     url, hub = await start_server(nursery, transport, [chat])
@@ -63,7 +63,7 @@ async def test_lone_surrogate_frame_hurts_nobody(nursery: trio.Nursery, transpor
     assert hub.statistics().connections >= 2
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("transport", ALL_PATHS)
 async def test_size_limit_counts_bytes(nursery: trio.Nursery, transport: str) -> None:
     chat: ServerChannel[Any] = ServerChannel("chat")
     url, _ = await start_server(nursery, transport, [chat], config=HubConfig(max_frame_size=64 * 1024))
@@ -73,7 +73,7 @@ async def test_size_limit_counts_bytes(nursery: trio.Nursery, transport: str) ->
     await expect_close(ws, 1009)
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("transport", ALL_PATHS)
 async def test_handler_fault_ends_only_that_connection(
     nursery: trio.Nursery, transport: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -102,48 +102,18 @@ async def test_handler_fault_ends_only_that_connection(
         assert await request(ws, {"type": "ping", "ref": 7}) == {"type": "pong", "ref": 7}
 
 
-async def test_slow_consumer_close_lands_on_a_frame_boundary(nursery: trio.Nursery) -> None:
+@pytest.mark.parametrize("transport", ALL_PATHS)
+async def test_slow_consumer_close_lands_on_a_frame_boundary(nursery: trio.Nursery, transport: str) -> None:
     # A raw client (wsproto parses every byte it receives) stops reading
     # while 16 KB broadcasts pile up; the server cuts it off with 4002. Every
     # byte before the close must parse as whole frames, then the close.
-    import wsproto
-    from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
-
-    from modelence_trio import Hub, serve_websocket
-
     chat: ServerChannel[Any] = ServerChannel("chat", history=None)
-    hub = Hub([chat], config=HubConfig(outbound_queue_bytes=256 * 1024, heartbeat_interval=None))
-    port = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
-    texts: list[str] = []
-    parts: list[str] = []
-    closes: list[CloseConnection] = []
-
-    async def read_until(done: Any) -> None:
-        with trio.fail_after(15):
-            while not done():
-                data = await stream.receive_some(65536)
-                if not data:
-                    return
-                client.receive_data(data)
-                for event in client.events():
-                    if isinstance(event, TextMessage):
-                        parts.append(event.data)
-                        if event.message_finished:
-                            texts.append("".join(parts))
-                            parts.clear()
-                    elif isinstance(event, CloseConnection):
-                        closes.append(event)
-                        await stream.send_all(client.send(event.response()))
-                    elif not isinstance(event, AcceptConnection):
-                        raise AssertionError(f"unexpected {event!r}")
-
-    await stream.send_all(client.send(Request(host="127.0.0.1", target="/ws")))
-    await read_until(lambda: texts)  # welcome
-    await stream.send_all(client.send(TextMessage('{"type":"join","channel":"chat:big"}')))
-    await read_until(lambda: len(texts) >= 2)
-    assert json.loads(texts[1])["type"] == "joined"
+    config = HubConfig(outbound_queue_bytes=256 * 1024, heartbeat_interval=None)
+    url, hub = await start_server(nursery, transport, [chat], config=config)
+    client = await RawClient.connect(url)
+    await client.send_text('{"type":"join","channel":"chat:big"}')
+    await client.read_until(lambda: len(client.texts) >= 2)
+    assert json.loads(client.texts[1])["type"] == "joined"
     pad = "z" * 16_000
     sent = 0
     while hub.statistics().subscriptions and sent < 5000:
@@ -152,8 +122,129 @@ async def test_slow_consumer_close_lands_on_a_frame_boundary(nursery: trio.Nurse
         if sent % 10 == 0:
             await trio.sleep(0)
     assert hub.statistics().subscriptions == 0, "never cut off"
-    await read_until(lambda: False)  # to EOF
-    assert [c.code for c in closes] == [4002]
-    messages = [json.loads(text) for text in texts[2:]]
+    await client.read_until(lambda: False)  # to EOF
+    assert client.closes == [4002]
+    messages = [json.loads(text) for text in client.texts[2:]]
     assert [m["data"]["i"] for m in messages] == list(range(len(messages)))
     assert all(m["data"]["pad"] == pad for m in messages)
+
+
+@pytest.mark.parametrize("transport", ALL_PATHS)
+async def test_close_handshake_completes_at_once(nursery: trio.Nursery, transport: str) -> None:
+    # The server closes (1009: 90,000 bytes over a 64 KiB limit); the client
+    # answers; the server must then close TCP at once, not after close_timeout.
+    chat: ServerChannel[Any] = ServerChannel("chat")
+    config = HubConfig(max_frame_size=64 * 1024, close_timeout=60, heartbeat_interval=None)
+    url, hub = await start_server(nursery, transport, [chat], config=config)
+    client = await RawClient.connect(url)
+    await client.send_text(json.dumps({"type": "ping", "ref": "€" * 30_000}, ensure_ascii=False))
+    await client.read_until(lambda: client.closes, timeout=10)
+    assert client.closes == [1009]
+    await client.read_until(lambda: False, timeout=10)  # EOF long before close_timeout's 60 s
+    assert client.eof
+    with trio.fail_after(10):
+        while hub.statistics().connections:
+            await trio.sleep(0.01)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_permessage_deflate_is_not_negotiated(nursery: trio.Nursery, transport: str) -> None:
+    from wsproto.extensions import PerMessageDeflate
+
+    url, _ = await start_server(nursery, transport, [ServerChannel("chat")])
+    client = await RawClient.connect(url, extensions=[PerMessageDeflate()])
+    assert client.accepted is not None
+    assert client.accepted.extensions == []
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_endless_oversize_message_is_dropped_and_tcp_closed(
+    nursery: trio.Nursery, transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One message that never ends: past the limit the server closes with
+    # 1009, holds none of what keeps coming, and closes TCP within
+    # close_timeout although the client never answers the close.
+    from wsproto.events import TextMessage
+
+    from modelence_trio import _hypercorn
+
+    streams: list[_hypercorn.HypercornStream] = []
+    real_attach = _hypercorn.attach
+
+    def attach(*args: Any) -> _hypercorn.HypercornStream | None:
+        stream = real_attach(*args)
+        if stream is not None:
+            streams.append(stream)
+        return stream
+
+    monkeypatch.setattr(_hypercorn, "attach", attach)
+    config = HubConfig(max_frame_size=64 * 1024, close_timeout=1, heartbeat_interval=None)
+    url, hub = await start_server(nursery, transport, [ServerChannel("chat")], config=config)
+    client = await RawClient.connect(url)
+    chunk = client.ws.send(TextMessage("x" * 65536, message_finished=False))
+    broken = False
+    with trio.fail_after(20):
+        for _ in range(8 * 1024 * 1024 // len(chunk)):  # 8 MiB, far past the 64 KiB limit
+            try:
+                await client.stream.send_all(chunk)
+            except trio.BrokenResourceError:
+                broken = True  # the server closed TCP while we still sent
+                break
+            chunk = client.ws.send(TextMessage("x" * 65536, message_finished=False))
+    if not broken:
+        # Read the close without answering it, to EOF.
+        with trio.fail_after(10):
+            while await client.stream.receive_some(65536):
+                pass
+    with trio.fail_after(10):
+        while hub.statistics().connections:
+            await trio.sleep(0.01)
+    if transport == "hypercorn":
+        assert len(streams) == 1
+        assert streams[0].buffered == 0  # nothing of what followed the limit is kept
+
+
+async def test_cancelling_one_server_leaves_a_shared_hub_serving(nursery: trio.Nursery) -> None:
+    from modelence_trio import App, Hub, Module, serve_websocket
+
+    chat: ServerChannel[Any] = ServerChannel("chat")
+    app = App([Module("test", channels=[chat])], config=HubConfig(heartbeat_interval=None))
+    hub: Hub = app.hub
+    await nursery.start(hub.run)
+    with pytest.raises(RuntimeError, match="already running"):
+        await hub.run()
+    urls = await nursery.start(app.serve, "127.0.0.1", 0)
+    on_app = await _joined(urls[0].replace("http://", "ws://") + "/ws", nursery)
+    with trio.CancelScope() as server_scope:
+        async with trio.open_nursery() as server_nursery:
+            port = await server_nursery.start(serve_websocket, hub, "127.0.0.1", 0)
+            on_port = await _joined(f"ws://127.0.0.1:{port}/ws", nursery)
+            chat.broadcast("room", {"n": 1})
+            assert (await receive_json(on_port))["data"] == {"n": 1}
+            server_scope.cancel()
+    await expect_close(on_port, 1001)  # that server's connection, politely
+    assert hub.running
+    chat.broadcast("room", {"n": 2})
+    assert (await receive_json(on_app))["data"] == {"n": 1}
+    assert (await receive_json(on_app))["data"] == {"n": 2}
+    assert await request(on_app, {"type": "ping", "ref": 1}) == {"type": "pong", "ref": 1}
+    assert hub.statistics().connections == 1
+
+
+@pytest.mark.parametrize("transport", ["trio-websocket-public", "hypercorn-public"])
+async def test_public_fallback_is_taken_with_one_warning(
+    nursery: trio.Nursery, transport: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelence_trio import _hypercorn, _trio_websocket
+
+    monkeypatch.setattr(_trio_websocket, "_warned", False)
+    monkeypatch.setattr(_hypercorn, "_warned", False)
+    chat: ServerChannel[Any] = ServerChannel("chat")
+    url, _ = await start_server(nursery, transport, [chat])
+    clients = [await _joined(url, nursery) for _ in range(3)]
+    chat.broadcast("room", {"n": 1})
+    for ws in clients:
+        assert (await receive_json(ws))["data"] == {"n": 1}
+    warnings = [r.getMessage() for r in caplog.records if "fast path off" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "MODELENCE_TRIO_PUBLIC_API" in warnings[0]

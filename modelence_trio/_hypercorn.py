@@ -1,0 +1,177 @@
+"""Everything modelence-trio does below hypercorn's ASGI interface, in one place.
+
+ASGI hides the WebSocket's framing from the app, and under hypercorn that
+costs three things this adapter wins back, per connection:
+
+- **Speed.** A batch of frames, encoded once per broadcast, is written as one
+  block through hypercorn's own stream writer (``WSStream.send``, under its
+  send lock, so it never interleaves with hypercorn's pongs and close
+  frames) instead of one ``websocket.send``, one framing and one system call
+  per frame.
+- **No permessage-deflate.** hypercorn would negotiate it, and inflates a
+  whole compressed frame before any limit applies (a 65 KB frame became
+  64 MiB). The extension offer is dropped before the handshake is answered.
+- **Bounded input.** hypercorn's message buffer keeps growing after its own
+  1009 close, for as long as the peer sends. Ours counts UTF-8 bytes, holds
+  nothing once the limit is passed or the connection is closing, and tells
+  the transport, so the hub ends the connection too.
+
+The internals are those of the tested versions (``TESTED``, pinned in
+pyproject.toml). :func:`attach` probes them per connection; when they differ,
+or ``ENABLED`` is false (environment: ``MODELENCE_TRIO_PUBLIC_API=1``), it
+returns ``None`` and the transport uses plain ASGI messages instead, with one
+warning: correct, slower, and without the two protections above (hypercorn's
+own ``websocket_max_message_size`` still bounds a message).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from importlib.metadata import version
+from typing import Any
+
+__all__ = ["ENABLED", "TESTED", "HypercornStream", "attach"]
+
+logger = logging.getLogger("modelence_trio")
+
+TESTED = (0, 17), (0, 18)  # the minor versions whose internals this module was tested against
+ENABLED = os.environ.get("MODELENCE_TRIO_PUBLIC_API", "") in ("", "0")
+
+try:  # the internals used below; any difference means the public path
+    from hypercorn.protocol.events import Data, StreamClosed
+    from hypercorn.protocol.ws_stream import ASGIWebsocketState, FrameTooLargeError, WebsocketBuffer, WSStream
+
+    _import_problem = None
+except ImportError as exc:  # pragma: no cover - a hypercorn without them
+    _import_problem = f"hypercorn's internals moved ({exc})"
+
+
+def _probe() -> str | None:
+    """Why the internals cannot be used in this process, or ``None``."""
+    if _import_problem is not None:
+        return _import_problem
+    installed = tuple(int(part) for part in version("hypercorn").split(".")[:2])
+    if installed not in TESTED:
+        return f"hypercorn {version('hypercorn')} is not a tested version"
+    return None
+
+
+_STREAM_ATTRIBUTES = ("send", "stream_id", "closed", "state", "handshake", "buffer")
+_problem = _probe()
+_warned = False
+
+
+def _warn_once(problem: str) -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        logger.warning(
+            "hypercorn fast path off (%s): plain ASGI messages, permessage-deflate as hypercorn does", problem
+        )
+
+
+class _BoundedBuffer:
+    """hypercorn's ``WebsocketBuffer``, counting UTF-8 bytes and holding nothing
+    once the limit is passed or ``stop()`` was called (the connection is
+    closing): what the peer still sends is parsed and dropped."""
+
+    def __init__(self, max_bytes: int, on_overflow: Callable[[], None]) -> None:
+        self.parts: list[str | bytes] = []
+        self._text = True
+        self.length = 0
+        self.max_length = max_bytes
+        self._on_overflow = on_overflow
+        self.stopped = False
+
+    def extend(self, event: Any) -> None:
+        if self.stopped:
+            return
+        data = event.data
+        self._text = isinstance(data, str)
+        self.length += len(data.encode("utf-8", "surrogatepass")) if self._text else len(data)
+        if self.length > self.max_length:
+            self.stop()
+            self._on_overflow()
+            raise FrameTooLargeError()  # hypercorn answers with its 1009 close frame
+        self.parts.append(data)
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.clear()
+
+    def clear(self) -> None:
+        self.parts = []
+        self.length = 0
+
+    def to_message(self) -> dict[str, Any]:
+        text = bytes_ = None
+        if self.stopped:
+            pass  # dropped: the transport skips a message with neither
+        elif self._text:
+            text = "".join(part for part in self.parts if isinstance(part, str))
+        else:
+            bytes_ = b"".join(part for part in self.parts if isinstance(part, bytes))
+        return {"type": "websocket.receive", "bytes": bytes_, "text": text}
+
+
+class HypercornStream:
+    """One hypercorn WebSocket, reached below ASGI (see the module's docstring)."""
+
+    def __init__(self, stream: Any, max_message_bytes: int, on_overflow: Callable[[], None]) -> None:
+        self._stream = stream
+        self._buffer = _BoundedBuffer(max_message_bytes, on_overflow)
+
+    def before_accept(self) -> None:
+        """Refuse permessage-deflate and bound the input; call before ``websocket.accept``."""
+        self._stream.handshake.extensions = None  # no offer: nothing negotiated, compressed frames are refused
+        self._stream.buffer = self._buffer
+
+    def stop_reading(self) -> None:
+        """The connection is closing: drop whatever the peer still sends."""
+        self._buffer.stop()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of the peer's unfinished message held now."""
+        return sum(len(part) for part in self._buffer.parts)
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._stream.closed)
+
+    async def abort(self) -> None:
+        """Close TCP now, without a close frame (a write was cut short)."""
+        self._buffer.stop()
+        await self._stream.send(StreamClosed(stream_id=self._stream.stream_id))
+
+    async def write(self, data: bytes) -> None:
+        """Write encoded frames (whole ones) through hypercorn's stream writer."""
+        await self._stream.send(Data(stream_id=self._stream.stream_id, data=data))
+
+
+def attach(
+    send: Callable[[Any], Awaitable[None]], max_message_bytes: int, on_overflow: Callable[[], None]
+) -> HypercornStream | None:
+    """The hypercorn stream behind an ASGI ``send``, or ``None`` for the public path.
+
+    ``None`` too for any other ASGI server (its ``send`` is not a WSStream's
+    ``app_send``); the warning is only for hypercorn whose internals differ.
+    """
+    stream: Any = getattr(send, "__self__", None)
+    if not type(stream).__module__.startswith("hypercorn."):
+        return None  # another ASGI server
+    problem = _problem if ENABLED else "MODELENCE_TRIO_PUBLIC_API is set"
+    if problem is None and not isinstance(stream, WSStream):
+        problem = "hypercorn's send is not a WSStream's"
+    if problem is None and not all(hasattr(stream, name) for name in _STREAM_ATTRIBUTES):
+        problem = "hypercorn's WSStream has changed"
+    if problem is None and not hasattr(stream.handshake, "extensions"):
+        problem = "hypercorn's Handshake has changed"
+    if problem is not None:
+        _warn_once(problem)
+        return None
+    if stream.state != ASGIWebsocketState.HANDSHAKE or not isinstance(stream.buffer, WebsocketBuffer):
+        return None
+    return HypercornStream(stream, max_message_bytes, on_overflow)
