@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import email.utils
 import functools
 import logging
+import math
 import mimetypes
+import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -20,7 +23,7 @@ from ._auth import Authenticator
 from ._channel import ServerChannel
 from ._fanout import MongoFanout
 from ._hub import Hub, HubConfig
-from ._methods import HttpResponse, Method, call_method
+from ._methods import HttpResponse, Method, MethodRateLimit, call_method
 
 __all__ = ["App", "Module"]
 
@@ -102,6 +105,8 @@ class App:
         websocket_path: str = "/ws",
         static_dir: str | Path | None = None,
         max_request_size: int = 1024 * 1024,
+        request_timeout: float = 30.0,
+        methods_per_second: float | None = 50.0,
         mongodb_uri: str | None = None,
         fanout: MongoFanout | None = None,
     ) -> None:
@@ -133,6 +138,8 @@ class App:
         if self.static_dir is not None and not self.static_dir.is_dir():
             raise ValueError(f"static_dir is not a directory: {self.static_dir}")
         self.max_request_size = max_request_size
+        self.request_timeout = request_timeout
+        self._rate_limit = MethodRateLimit(methods_per_second) if methods_per_second is not None else None
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -161,6 +168,13 @@ class App:
         config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
         config.websocket_max_message_size = self.hub.config.max_frame_size
         config.websocket_ping_interval = self.hub.config.heartbeat_interval
+        # A connection that sends nothing (no request, no body, no pong to
+        # those pings) for this long is closed: slow-loris requests included.
+        hub = self.hub.config
+        if hub.heartbeat_interval is not None:
+            config.read_timeout = math.ceil(hub.heartbeat_interval + hub.heartbeat_timeout + hub.close_timeout)
+        else:
+            config.read_timeout = math.ceil(max(60.0, self.request_timeout))
         config.graceful_timeout = self.hub.config.shutdown_grace
         config.accesslog = None
         config.errorlog = logging.getLogger("hypercorn.error")
@@ -217,32 +231,56 @@ class App:
             if verb != "POST":
                 response = HttpResponse(405, b"methods are called with POST", ((b"allow", b"POST"),))
             else:
-                body = await _read_body(receive, self.max_request_size)
+                body: bytes | int | None = None
+                with trio.move_on_after(self.request_timeout):
+                    body = await _read_body(receive, self.max_request_size)
                 if body is None:
+                    response = HttpResponse(408, b"the request body did not arrive in time")
+                elif isinstance(body, int):
                     response = HttpResponse(413, b"request body too large")
                 else:
                     name = path.removeprefix(METHOD_PREFIX)
-                    response = await call_method(self.hub, self._methods, name, scope["headers"], body)
+                    client = scope.get("client")
+                    response = await call_method(
+                        self.hub,
+                        self._methods,
+                        name,
+                        scope["headers"],
+                        body,
+                        client=str(client[0]) if client else None,
+                        rate_limit=self._rate_limit,
+                    )
         elif verb not in ("GET", "HEAD"):
             response = HttpResponse(405, b"method not allowed", ((b"allow", b"GET, HEAD"),))
         else:
-            response = self._file(path)
+            found = self._file(path)
+            if isinstance(found, Path):
+                await _send_file(send, found, scope["headers"], head=verb == "HEAD")
+                return
+            response = found
         await _respond(send, response, head=verb == "HEAD")
 
-    def _file(self, path: str) -> HttpResponse:
+    def _file(self, path: str) -> HttpResponse | Path:
+        """The response for ``GET path``, or the static file to stream."""
         if path.startswith(CLIENT_PREFIX) and path.removeprefix(CLIENT_PREFIX) in CLIENT_FILES:
             name = path.removeprefix(CLIENT_PREFIX)
             return _static(_client_file(name), CLIENT_FILES[name])
+        not_found = HttpResponse(404, b"not found")
         if self.static_dir is None:
-            return HttpResponse(404, b"not found")
+            return not_found
         relative = path.lstrip("/") or "index.html"
-        target = (self.static_dir / relative).resolve()
-        if target.is_dir():
-            target = target / "index.html"
-        if not target.is_relative_to(self.static_dir) or not target.is_file():
-            return HttpResponse(404, b"not found")
-        content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-        return _static(target.read_bytes(), content_type)
+        segments = relative.split("/")
+        if any(s.startswith(".") or len(s) > 255 or "\x00" in s or "\\" in s for s in segments):
+            return not_found  # dotfiles and dot-folders (.env, .git), and names no file system has
+        try:
+            target = (self.static_dir / relative).resolve()
+            if target.is_dir():
+                target = target / "index.html"
+            if not target.is_relative_to(self.static_dir) or not target.is_file():
+                return not_found
+        except (OSError, ValueError):
+            return not_found
+        return target
 
 
 @functools.cache
@@ -256,8 +294,8 @@ def _static(body: bytes, content_type: str) -> HttpResponse:
     return HttpResponse(200, body, ((b"content-type", content_type.encode()), (b"cache-control", b"no-cache")))
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """The request body, or ``None`` once it grows past ``limit``."""
+async def _read_body(receive: Receive, limit: int) -> bytes | int:
+    """The request body, or its size so far once it grows past ``limit``."""
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -267,10 +305,15 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            return None
+            return size
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+#: On every response the App makes: browsers must not guess a content type.
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+_FILE_CHUNK = 64 * 1024
 
 
 async def _respond(send: Send, response: HttpResponse, *, head: bool = False) -> None:
@@ -278,5 +321,51 @@ async def _respond(send: Send, response: HttpResponse, *, head: bool = False) ->
     if not any(name == b"content-type" for name, _ in headers):
         headers.append((b"content-type", b"text/plain; charset=utf-8"))
     headers.append((b"content-length", str(len(response.body)).encode()))
+    headers.append(NOSNIFF)
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else response.body})
+
+
+async def _send_file(send: Send, path: Path, request_headers: Iterable[tuple[bytes, bytes]], *, head: bool) -> None:
+    """Stream a static file in chunks read in a worker thread (the event loop
+    never reads a whole file), with validators: 304 when ``If-None-Match``
+    names the current version."""
+    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    if content_type.startswith("text/"):
+        content_type += "; charset=utf-8"
+    try:
+        file = await trio.open_file(path, "rb")
+    except OSError:
+        await _respond(send, HttpResponse(404, b"not found"))
+        return
+    async with file:
+        stat = await trio.to_thread.run_sync(os.fstat, file.fileno())
+        etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'.encode()
+        headers = [
+            (b"content-type", content_type.encode()),
+            (b"cache-control", b"no-cache"),
+            (b"etag", etag),
+            (b"last-modified", email.utils.formatdate(stat.st_mtime, usegmt=True).encode()),
+            NOSNIFF,
+        ]
+        if _matches(request_headers, etag):
+            await send({"type": "http.response.start", "status": 304, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        headers.append((b"content-length", str(stat.st_size).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        remaining = 0 if head else stat.st_size
+        while remaining > 0:
+            chunk = await file.read(min(_FILE_CHUNK, remaining))
+            remaining = remaining - len(chunk) if chunk else 0  # a file that shrank ends short
+            await send({"type": "http.response.body", "body": chunk, "more_body": remaining > 0})
+        if head or not stat.st_size:
+            await send({"type": "http.response.body", "body": b""})
+
+
+def _matches(headers: Iterable[tuple[bytes, bytes]], etag: bytes) -> bool:
+    for name, value in headers:
+        if name.lower() == b"if-none-match":
+            tags = [tag.strip().removeprefix(b"W/") for tag in value.split(b",")]
+            return etag in tags or b"*" in tags
+    return False

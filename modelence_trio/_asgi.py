@@ -171,7 +171,9 @@ async def serve_asgi_websocket(hub: Hub, scope: Scope, receive: Receive, send: S
     if scope.get("query_string"):
         target += "?" + scope["query_string"].decode("latin-1")
     try:
-        identity = await hub.authenticate(target, scope.get("headers", []))
+        client = scope.get("client")
+        address = str(client[0]) if client else None
+        identity = await hub.authenticate(target, scope.get("headers", []), address)
     except HandshakeRejected as exc:
         await _refuse(scope, send, exc)
         return
@@ -192,7 +194,7 @@ async def serve_asgi_websocket(hub: Hub, scope: Scope, receive: Receive, send: S
 
             guard.start_soon(end_politely_when_cancelled)
             with hub.shield_connection(nursery):
-                await hub.serve_connection(transport, identity, nursery)
+                await hub.serve_connection(transport, identity, nursery, address)
                 if transport.overflowed:  # hypercorn closed it with 1009; wait for the answer
                     with trio.move_on_after(hub.config.close_timeout):
                         await transport.wait_disconnected()
@@ -202,7 +204,7 @@ async def serve_asgi_websocket(hub: Hub, scope: Scope, receive: Receive, send: S
 
 async def _refuse(scope: Scope, send: Send, exc: HandshakeRejected) -> None:
     if "websocket.http.response" in scope.get("extensions", {}):
-        headers = [(b"content-type", b"text/plain; charset=utf-8")]
+        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"x-content-type-options", b"nosniff")]
         await send({"type": "websocket.http.response.start", "status": exc.status, "headers": headers})
         await send({"type": "websocket.http.response.body", "body": exc.reason.encode()})
     else:

@@ -78,11 +78,16 @@ class Authenticator(Protocol):
 
     async def authenticate(self, token: str) -> Identity | None: ...
 
-    # Optional: ``async def check(self, identity: Identity) -> bool`` tells
-    # whether a session resolved earlier still holds (not expired, not
+    # Optional: ``async def check(self, identity: Identity) -> bool | Identity``
+    # tells whether a session resolved earlier still holds (not expired, not
     # revoked). The hub calls it every ``session_check_interval`` for each
-    # signed-in connection and closes those whose session ended (4001). The
-    # reference checks only at connect; without ``check`` so does this hub.
+    # signed-in connection and closes those whose session ended (4001).
+    # Returning an ``Identity`` instead of ``True`` gives the session's
+    # current user and roles: one without a user (disabled, deleted) closes
+    # the connection (4001); changed roles re-run the access rule of every
+    # joined channel, and those that now refuse are left (``left`` with a
+    # reason). The reference checks only at connect; without ``check`` so
+    # does this hub.
 
 
 @attrs.define(eq=False)

@@ -13,12 +13,15 @@ import sys
 from collections.abc import Sequence
 from functools import partial
 
+import attrs
 import trio
 
 from ._app import App
 from ._fanout import MongoFanout
 
 __all__ = ["main"]
+
+ORIGINS_VARIABLE = "MODELENCE_TRIO_ALLOWED_ORIGINS"
 
 
 def load_app(path: str) -> App:
@@ -31,6 +34,18 @@ def load_app(path: str) -> App:
     if not isinstance(app, App):
         raise SystemExit(f"modelence-trio: {path} is not a modelence_trio.App (got {type(app).__name__})")
     return app
+
+
+def allow_origins(app: App, origins: Sequence[str]) -> None:
+    """Add ``origins`` (blanks skipped) to the app's ``allowed_origins``; a bad
+    one ends the program with one line saying which."""
+    extra = [origin.strip() for origin in origins if origin.strip()]
+    if extra:
+        try:
+            config = attrs.evolve(app.hub.config, allowed_origins=(*app.hub.config.allowed_origins, *extra))
+        except ValueError as exc:
+            raise SystemExit(f"modelence-trio: {exc}") from None
+        app.hub.config = config
 
 
 async def serve(app: App, host: str, port: int) -> None:
@@ -64,10 +79,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: %(default)s)"
     )
+    parser.add_argument(
+        "--allowed-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web origin allowed to connect with the user's cookie, e.g. https://app.example.com or "
+        "https://*.example.com, '*' for any; repeatable; adds to the app's own and to "
+        f"${ORIGINS_VARIABLE} (comma-separated). Default: only the server's own origin",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = load_app(args.app)
+    allow_origins(app, [*os.environ.get(ORIGINS_VARIABLE, "").split(","), *args.allowed_origin])
     uri = os.environ.get("MONGODB_URI")
     if uri and app.hub.fanout is None:
         app.hub.fanout = MongoFanout.from_uri(uri)

@@ -23,6 +23,7 @@ from .protocol import (
     Joined,
     JoinError,
     Leave,
+    Left,
     Message,
     Ping,
     ProtocolError,
@@ -402,6 +403,10 @@ class Client:
             if pending is not None:
                 pending.reply = frame
                 pending.event.set()
+            elif isinstance(frame, Left):  # the server removed us (access revoked): do not re-join
+                self._joined.discard(frame.channel)
+                self._positions.pop(frame.channel, None)
+                logger.warning("left %s: %s", frame.channel, frame.reason)
             elif isinstance(frame, Error):
                 logger.warning("server error: %s: %s", frame.code, frame.error)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import logging
 import math
 import secrets
+import traceback
 from collections.abc import Iterable, Sequence
 from typing import Any, NoReturn
 
@@ -18,7 +20,9 @@ from ._channel import ChannelContext, PublishRejected, ServerChannel
 from ._connection import Connection
 from ._fanout import MongoFanout
 from ._history import History, HistoryBook
+from ._origins import check_origin, validate_origins
 from ._registry import Registry
+from ._resources import connection_limit, quiet_accept_errors
 from ._transport import Transport
 from ._wire import Outgoing, message_size
 from .protocol import (
@@ -85,6 +89,16 @@ class HubConfig:
             one); an ended session closes its connection with 4001. ``None``: never.
         shutdown_grace: on shutdown, seconds a connection has to flush what is
             queued and complete the close handshake before it is cut.
+        allowed_origins: the web pages (``Origin``) that may open a WebSocket
+            or call a method with the user's cookie. Empty (the default): only
+            the server's own origin, the one whose host is the request's
+            ``Host``. Entries are exact origins (``https://app.example.com``),
+            subdomain wildcards (``https://*.example.com``), or ``"*"`` for any
+            origin (when tokens never travel in a cookie). ``Origin: null`` is
+            refused unless ``"*"``; requests without ``Origin`` (not from a
+            browser) are not concerned. Refused: HTTP 403.
+        max_connections_per_address: open connections from one client address;
+            past it the handshake is refused with 429. ``None``: no limit.
     """
 
     require_user: bool = False
@@ -108,6 +122,8 @@ class HubConfig:
     close_timeout: float = 5.0
     shutdown_grace: float = 5.0
     session_check_interval: float | None = 60.0
+    allowed_origins: tuple[str, ...] = attrs.field(default=(), converter=validate_origins)
+    max_connections_per_address: int | None = 1000
 
 
 @attrs.frozen
@@ -158,6 +174,8 @@ class Hub:
         self._registry = Registry()
         self._histories = HistoryBook()
         self._connections: set[Connection] = set()
+        self._per_address: collections.Counter[str] = collections.Counter()
+        self._max_connections = config.max_connections  # clamped to the open-file limit by run()
         self._shields: set[trio.CancelScope] = set()
         self._stopping = False
         self._running = False  # run() has begun
@@ -245,6 +263,8 @@ class Hub:
         if self._running:
             raise RuntimeError("this hub is already running; servers started now share it")
         self._running = True
+        self._max_connections = connection_limit(self.config.max_connections)
+        quiet_accept_errors()
         try:
             async with trio.open_nursery() as nursery:
                 self._stopping = False
@@ -315,12 +335,31 @@ class Hub:
             await trio.sleep(interval)
             for conn in [c for c in self._connections if c.identity.user is not None]:
                 try:
-                    valid = await check(conn.identity)
+                    verdict = await check(conn.identity)
                 except Exception:
                     logger.exception("session check failed; keeping the connection until the next check")
                     continue
-                if not valid:
-                    conn.fail(CloseCode.SESSION_ENDED, "session expired or revoked")
+                if verdict is False or (isinstance(verdict, Identity) and verdict.user is None):
+                    conn.fail(CloseCode.SESSION_ENDED, "session expired or revoked, or user disabled")
+                elif isinstance(verdict, Identity) and conn.close_reason is None:
+                    await self._update_identity(conn, self._with_default_roles(verdict))
+
+    async def _update_identity(self, conn: Connection, identity: Identity) -> None:
+        """The session still holds but its user or roles changed: every joined
+        channel's access rule runs again, and those that now refuse are left
+        (a ``left`` frame with a reason)."""
+        if (identity.user, identity.roles) == (conn.identity.user, conn.identity.roles):
+            return
+        conn.identity = identity
+        for channel in sorted(self._registry.channels_of(conn)):
+            server_channel, ctx = self._context(conn, channel)
+            try:
+                allowed = server_channel is not None and await server_channel._allows(ctx)
+            except Exception:
+                logger.exception("access check for %s raised; leaving it", channel)
+                allowed = False
+            if not allowed and self._registry.unsubscribe(conn, channel):
+                conn.reply(Left(channel, None, "access revoked"))
 
     async def _heartbeats(self) -> NoReturn:
         interval = self.config.heartbeat_interval
@@ -353,19 +392,32 @@ class Hub:
 
     # --- handshake --------------------------------------------------------------
 
-    async def authenticate(self, target: str, headers: Iterable[tuple[bytes, bytes]]) -> Identity:
+    async def authenticate(
+        self, target: str, headers: Iterable[tuple[bytes, bytes]], client: str | None = None
+    ) -> Identity:
         """Resolve the identity of a handshake, before it is accepted.
 
+        ``client`` is the peer's address (for the per-address limit).
+
         Raises:
-            HandshakeRejected: 401 for a bad, unknown or expired token (or a
-                missing one when ``require_user``); 503 if the authenticator
-                failed. The transport answers with that HTTP status.
+            HandshakeRejected: 403 for an origin that is not allowed; 401 for
+                a bad, unknown or expired token (or a missing one when
+                ``require_user``); 429 past ``max_connections_per_address``;
+                503 when full, shutting down, or if the authenticator failed.
+                The transport answers with that HTTP status.
         """
         if self._stopping:
             raise HandshakeRejected(503, "server shutting down")
-        limit = self.config.max_connections
+        headers = list(headers)
+        refusal = check_origin(headers, self.config.allowed_origins)
+        if refusal is not None:
+            raise HandshakeRejected(403, refusal)
+        limit = self._max_connections
         if limit is not None and len(self._connections) >= limit:
             raise HandshakeRejected(503, "server full: too many connections")
+        per_address = self.config.max_connections_per_address
+        if per_address is not None and client is not None and self._per_address[client] >= per_address:
+            raise HandshakeRejected(429, "too many connections from this address")
         return await self.identify(token_from_request(target, headers))
 
     async def identify(self, token: str | None) -> Identity:
@@ -381,20 +433,31 @@ class Hub:
             return self._anonymous
         if self.authenticator is None:
             raise HandshakeRejected(401, "this server accepts no tokens")
+        if not token.isascii():
+            try:
+                token.encode()
+            except UnicodeEncodeError:  # a lone surrogate: no authenticator could have issued it
+                raise HandshakeRejected(401, "invalid or expired token") from None
         try:
             identity = await self.authenticator.authenticate(token)
-        except Exception:
-            logger.exception("authenticator failed")
+        except Exception as exc:
+            # Where it failed, but not its message, which may quote the token.
+            where = "".join(traceback.format_tb(exc.__traceback__))
+            logger.error("authenticator failed with %s; traceback:\n%s", type(exc).__qualname__, where)
             raise HandshakeRejected(503, "authentication unavailable") from None
         if identity is None:
             raise HandshakeRejected(401, "invalid or expired token")
+        return self._with_default_roles(identity)
+
+    def _with_default_roles(self, identity: Identity) -> Identity:
         base = self.config.anonymous_roles if identity.user is None else self.config.authenticated_roles
-        roles = tuple(dict.fromkeys((*base, *identity.roles)))
-        return attrs.evolve(identity, roles=roles)
+        return attrs.evolve(identity, roles=tuple(dict.fromkeys((*base, *identity.roles))))
 
     # --- one connection -----------------------------------------------------------
 
-    async def serve_connection(self, transport: Transport, identity: Identity, nursery: trio.Nursery) -> None:
+    async def serve_connection(
+        self, transport: Transport, identity: Identity, nursery: trio.Nursery, address: str | None = None
+    ) -> None:
         """Run one accepted connection until the peer leaves or the connection ends.
 
         Args:
@@ -420,6 +483,8 @@ class Hub:
             self.config.outbound_queue_bytes,
         )
         self._connections.add(conn)
+        if address is not None:
+            self._per_address[address] += 1
         user = identity.user.to_wire() if identity.user is not None else None
         conn.reply(Welcome(conn.id, user, identity.roles))
         if self._stopping:
@@ -431,6 +496,10 @@ class Hub:
         finally:
             self._registry.drop(conn)
             self._connections.discard(conn)
+            if address is not None:
+                self._per_address[address] -= 1
+                if not self._per_address[address]:
+                    del self._per_address[address]
             if conn.failed and not conn.closed and conn.close_reason is not None:
                 # Failed (slow consumer, heartbeat, ...): a best-effort close frame.
                 with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):

@@ -11,16 +11,21 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
+import trio
 
 from ._auth import Identity, IdentityView
+from ._connection import TokenBucket
 from ._hub import Hub
+from ._origins import check_origin
 from .protocol import HandshakeRejected, loads_utf8, token_from_cookie
 
-__all__ = ["HttpResponse", "Method", "MethodContext", "MethodError", "call_method"]
+__all__ = ["HttpResponse", "Method", "MethodContext", "MethodError", "MethodRateLimit", "call_method"]
 
 logger = logging.getLogger("modelence_trio")
 
@@ -76,18 +81,71 @@ def _failure(status: int, code: str, message: str) -> HttpResponse:
 _AUTH_CODES = {401: "invalid_token", 503: "auth_unavailable"}
 
 
+class MethodRateLimit:
+    """Calls per second for each caller: the signed-in user, else the client
+    address; bursts of twice the rate. It remembers the ``capacity`` callers
+    seen last (a caller forgotten starts with a full burst again), so its
+    memory is bounded whatever the number of addresses."""
+
+    def __init__(self, rate: float, capacity: int = 10_000) -> None:
+        self.rate = rate
+        self._capacity = capacity
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def retry_after(self, key: str) -> int | None:
+        """Take one call for ``key``: ``None`` if allowed, else seconds to wait."""
+        now = trio.current_time()
+        bucket = self._buckets.pop(key, None) or TokenBucket(tokens=2 * self.rate, stamp=now)
+        self._buckets[key] = bucket
+        while len(self._buckets) > self._capacity:
+            self._buckets.popitem(last=False)
+        if bucket.take(self.rate, now):
+            return None
+        return max(1, math.ceil((1 - bucket.tokens) / self.rate))
+
+
+def _token(headers: list[tuple[bytes, bytes]], body_token: str | None) -> tuple[str | None, bool]:
+    """The call's token and whether it came from the cookie.
+
+    Precedence: an ``Authorization: Bearer`` header (as at the handshake),
+    then the ``authToken`` cookie, then the body's ``authToken`` (cookie
+    over body, as in the reference).
+
+    Raises:
+        HandshakeRejected: 401 for a malformed header or an empty token.
+    """
+    authorization = next((value for name, value in headers if name.lower() == b"authorization"), None)
+    if authorization is not None:
+        scheme, _, token = authorization.decode("latin-1").strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise HandshakeRejected(401, "malformed Authorization header: expected 'Bearer <token>'")
+        return token.strip(), False
+    cookie = token_from_cookie(headers)
+    if cookie is not None:
+        return cookie, True
+    if body_token == "":
+        raise HandshakeRejected(401, "empty authToken")
+    return body_token, False
+
+
 async def call_method(
     hub: Hub,
     methods: Mapping[str, Method],
     name: str,
     headers: Iterable[tuple[bytes, bytes]],
     body: bytes,
+    *,
+    client: str | None = None,
+    rate_limit: MethodRateLimit | None = None,
 ) -> HttpResponse:
     """Run the method ``name`` for one HTTP request and say what to answer.
 
-    Token precedence: the ``authToken`` cookie, then the body's ``authToken``
-    (as in the reference). A token that does not resolve is a 401, not an
-    anonymous call, as at the WebSocket handshake.
+    Token precedence: ``Authorization: Bearer``, then the ``authToken``
+    cookie, then the body's ``authToken``. A token that does not resolve is a
+    401, not an anonymous call, as at the WebSocket handshake. A token from
+    the cookie is refused (403) when the request's ``Origin`` is not allowed
+    (``HubConfig.allowed_origins``). Past ``rate_limit`` for the caller (the
+    user, else ``client``, its address): 429 with ``Retry-After``.
     """
     method = methods.get(name)
     if method is None:
@@ -99,7 +157,9 @@ async def call_method(
         return _failure(415, "unsupported_media_type", "send the request body as application/json")
     try:
         request = loads_utf8(body.decode())
-    except (UnicodeDecodeError, ValueError, RecursionError):
+    except RecursionError:
+        return _failure(400, "too_deep", "the request body nests too deeply")
+    except (UnicodeDecodeError, ValueError):  # integers past 4,300 digits included
         return _failure(400, "invalid_request", "the request body is not valid JSON (or not valid Unicode)")
     if not isinstance(request, dict):
         return _failure(400, "invalid_request", "the request body must be a JSON object")
@@ -110,10 +170,20 @@ async def call_method(
     if body_token is not None and not isinstance(body_token, str):
         return _failure(400, "invalid_request", "'authToken' must be a string")
     try:
-        token = token_from_cookie(headers) or body_token or None
+        token, from_cookie = _token(headers, body_token)
+        if from_cookie:
+            refusal = check_origin(headers, hub.config.allowed_origins)
+            if refusal is not None:
+                return _failure(403, "origin_not_allowed", refusal)
         identity = await hub.identify(token)
     except HandshakeRejected as exc:
         return _failure(exc.status, _AUTH_CODES.get(exc.status, "unauthenticated"), exc.reason)
+    if rate_limit is not None:
+        key = f"user:{identity.user.id}" if identity.user is not None else f"address:{client}"
+        wait = rate_limit.retry_after(key)
+        if wait is not None:
+            response = _failure(429, "rate_limited", f"too many calls; retry in {wait} s")
+            return attrs.evolve(response, headers=(*response.headers, (b"retry-after", str(wait).encode())))
     ctx = MethodContext(identity, name, request.get("clientInfo"))
     try:
         result = method(args, ctx)

@@ -38,8 +38,9 @@ class MongoSessionAuthenticator:
     deleted user, or a session without a user, is anonymous (``user`` None)
     with the session kept. Roles: the user document's ``roles`` (the hub adds
     the app's defaults). Unlike the reference, an unknown token is refused
-    rather than turned into a fresh anonymous session. Sessions are re-checked
-    while connected (``check``), so a logout or expiry closes the connection.
+    rather than turned into a fresh anonymous session. Sessions and their
+    users are re-read while connected (``check``): a logout, an expiry or a
+    disabled user closes the connection, and changed roles take effect.
     """
 
     def __init__(self, database: Database[Any], *, threads: int = 4) -> None:
@@ -50,19 +51,34 @@ class MongoSessionAuthenticator:
     async def authenticate(self, token: str) -> Identity | None:
         return await trio.to_thread.run_sync(self._authenticate, token, limiter=self._limiter)
 
-    async def check(self, identity: Identity) -> bool:
+    async def check(self, identity: Identity) -> bool | Identity:
+        """The session's current identity (its user re-read: a disabled or
+        deleted user has none, and roles may have changed), or ``False`` once
+        the session is gone or expired."""
         session = identity.session
         if not isinstance(session, dict) or "_id" not in session:
             return True  # not one of ours
-        return await trio.to_thread.run_sync(self._still_valid, session["_id"], limiter=self._limiter)
+        return await trio.to_thread.run_sync(self._current, session["_id"], limiter=self._limiter)
 
     def _authenticate(self, token: str) -> Identity | None:
-        digest = hashlib.sha256(token.encode()).hexdigest()
+        try:
+            digest = hashlib.sha256(token.encode()).hexdigest()
+        except UnicodeEncodeError:  # a lone surrogate: never a token Modelence issued
+            return None
         session = self._sessions.find_one({"authToken": digest})
         if session is None and not _HEX64.fullmatch(token):
             session = self._sessions.find_one({"authToken": token})  # legacy: stored raw
         if session is None or self._expired(session):
             return None
+        return self._identity(session)
+
+    def _current(self, session_id: Any) -> Identity | bool:
+        session = self._sessions.find_one({"_id": session_id})
+        if session is None or self._expired(session):
+            return False
+        return self._identity(session)
+
+    def _identity(self, session: dict[str, Any]) -> Identity:
         user_doc = None
         if session.get("userId") is not None:
             user_doc = self._users.find_one({"_id": session["userId"]})
@@ -71,10 +87,6 @@ class MongoSessionAuthenticator:
         user = User(str(user_doc["_id"]), str(user_doc.get("handle", "")), user_doc)
         roles = tuple(str(role) for role in user_doc.get("roles") or ())
         return Identity(user, session, roles)
-
-    def _still_valid(self, session_id: Any) -> bool:
-        session = self._sessions.find_one({"_id": session_id})
-        return session is not None and not self._expired(session)
 
     @staticmethod
     def _expired(session: dict[str, Any]) -> bool:

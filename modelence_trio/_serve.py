@@ -73,13 +73,14 @@ async def serve_stream(hub: Hub, stream: trio.abc.Stream, *, connections: set[tr
     try:
         async with trio.open_nursery() as outer:
             with hub.shield_connection(outer):
-                accepted = await _trio_websocket.handshake(hub, outer, stream)
+                address = peer_address(stream)
+                accepted = await _trio_websocket.handshake(hub, outer, stream, address)
                 if accepted is not None:
                     async with trio.open_nursery() as nursery:
                         if connections is not None:
                             connections.add(nursery)
                         try:
-                            await hub.serve_connection(*accepted, nursery)
+                            await hub.serve_connection(*accepted, nursery, address)
                         finally:
                             if connections is not None:
                                 connections.discard(nursery)
@@ -91,3 +92,13 @@ async def serve_stream(hub: Hub, stream: trio.abc.Stream, *, connections: set[tr
     finally:
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(stream)
+
+
+def peer_address(stream: trio.abc.Stream) -> str | None:
+    """The client's IP address, for per-address limits (``None`` off TCP)."""
+    sock = getattr(stream, "socket", None)
+    try:
+        peer = sock.getpeername() if isinstance(sock, trio.socket.SocketType) else None
+    except OSError:
+        return None
+    return str(peer[0]) if isinstance(peer, tuple) else None

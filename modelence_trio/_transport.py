@@ -88,6 +88,19 @@ class FrameSafeStream(trio.abc.Stream):
         self._fd = self._trio_sock.fileno() if self._trio_sock is not None and os.name == "posix" else -1
         self.backlog = b""
         self.torn = False
+        self._head: bytearray | None = bytearray()  # the opening request, until taken
+
+    def take_request_host(self) -> bytes | None:
+        """The ``Host`` header of the HTTP request read so far (the opening
+        handshake), which trio-websocket does not expose; nothing more is kept."""
+        head, self._head = self._head, None
+        for line in bytes(head or b"").split(b"\r\n")[1:]:
+            name, sep, value = line.partition(b":")
+            if not line or not sep:
+                break
+            if name.strip().lower() == b"host":
+                return value.strip()
+        return None
 
     def try_send(self, data: bytes) -> int:
         if self._fd < 0:
@@ -145,10 +158,14 @@ class FrameSafeStream(trio.abc.Stream):
         await self._stream.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self._stream.receive_some(max_bytes)
+        data = await self._stream.receive_some(max_bytes)
+        if self._head is not None and len(self._head) < _MAX_HEAD:
+            self._head += data[: _MAX_HEAD - len(self._head)]
+        return data
 
     async def aclose(self) -> None:
         await self._stream.aclose()
 
 
 _WRITE_CHUNK = 256 * 1024
+_MAX_HEAD = 16 * 1024  # h11's own limit on a request head

@@ -108,7 +108,9 @@ def _warn_once(problem: str) -> None:
         logger.warning("trio-websocket fast path off (%s): sending through its public API", problem)
 
 
-async def handshake(hub: Hub, nursery: trio.Nursery, stream: trio.abc.Stream) -> tuple[Transport, Identity] | None:
+async def handshake(
+    hub: Hub, nursery: trio.Nursery, stream: trio.abc.Stream, address: str | None = None
+) -> tuple[Transport, Identity] | None:
     """Accept or refuse the opening handshake on ``stream``.
 
     trio-websocket's reader task runs in ``nursery``, which must outlive the
@@ -138,8 +140,12 @@ async def handshake(hub: Hub, nursery: trio.Nursery, stream: trio.abc.Stream) ->
         request = await get_request()
     if request is None:
         return None
+    headers = list(request.headers)  # wsproto keeps Host apart; the origin check needs it
+    host = safe.take_request_host()
+    if host is not None:
+        headers.append((b"host", host))
     try:
-        identity = await hub.authenticate(request.path, request.headers)
+        identity = await hub.authenticate(request.path, headers, address)
     except HandshakeRejected as exc:
         await request.reject(
             exc.status,

@@ -142,3 +142,19 @@ def test_page_recovers_messages_missed_while_its_network_was_down(browser: Brows
             ["bobbefore", "bobwhile you were away", "boband this", "boblive again"]
         )
         expect(ann.locator("#notice")).to_have_text("")  # recovered: no warning
+
+
+def test_a_page_from_another_origin_cannot_open_the_socket(browser: Browser, server: CliServer) -> None:
+    # The same server under another name is another origin: Chromium sends
+    # Origin: http://localhost:PORT to a server whose Host is 127.0.0.1:PORT.
+    page = browser.new_context().new_page()
+    page.set_default_timeout(TIMEOUT)
+    page.goto(server.url.replace("127.0.0.1", "localhost") + "/_modelence/modelence.d.ts")
+    outcome = """url => new Promise(resolve => {
+        const ws = new WebSocket(url);
+        ws.onopen = () => { ws.close(); resolve("open"); };
+        ws.onerror = () => resolve("refused");
+    })"""
+    assert page.evaluate(outcome, server.ws_url) == "refused"
+    # The page's own origin is allowed: the same call from there opens.
+    assert page.evaluate(outcome, server.ws_url.replace("127.0.0.1", "localhost")) == "open"

@@ -14,7 +14,7 @@ import trio
 from bson import ObjectId
 from pymongo.database import Database
 
-from modelence_trio import Hub, HubConfig, MongoSessionAuthenticator, ServerChannel
+from modelence_trio import Hub, HubConfig, Identity, MongoSessionAuthenticator, ServerChannel
 from modelence_trio.protocol import HandshakeRejected
 
 NOW = datetime.datetime.now(datetime.UTC)
@@ -125,3 +125,29 @@ async def test_session_check_sees_logout_and_expiry(setup: tuple[Hub, dict[str, 
     assert not await auth.check(identity)
     await trio.to_thread.run_sync(lambda: sessions.delete_one({"authToken": sha(tokens["valid"])}))
     assert not await auth.check(identity)
+
+
+async def test_session_check_rereads_the_user(setup: tuple[Hub, dict[str, str], Any]) -> None:
+    hub, tokens, database = setup
+    auth = hub.authenticator
+    assert isinstance(auth, MongoSessionAuthenticator)
+    identity = await hub.identify(tokens["valid"])
+    assert identity.user is not None
+    users = database["_modelenceUsers"]
+    user_id = ObjectId(identity.user.id)
+    await trio.to_thread.run_sync(lambda: users.update_one({"_id": user_id}, {"$set": {"roles": ["editor"]}}))
+    current = await auth.check(identity)
+    assert isinstance(current, Identity) and current.roles == ("editor",)
+    await trio.to_thread.run_sync(lambda: users.update_one({"_id": user_id}, {"$set": {"status": "disabled"}}))
+    current = await auth.check(identity)
+    assert isinstance(current, Identity) and current.user is None  # the hub closes such a connection (4001)
+
+
+async def test_a_lone_surrogate_token_is_401_not_503(setup: tuple[Hub, dict[str, str], Any]) -> None:
+    hub, _, _ = setup
+    auth = hub.authenticator
+    assert isinstance(auth, MongoSessionAuthenticator)
+    assert await auth.authenticate("\ud800") is None
+    with pytest.raises(HandshakeRejected) as info:
+        await hub.identify("abc\ud800")
+    assert info.value.status == 401

@@ -316,6 +316,16 @@ class Connection {
         if (!channel?.onJoinError && !this.onJoinError) console.warn("modelence-trio: join refused", error);
         break;
       }
+      case "left":
+        if (frame.ref === undefined) {
+          // The server removed the subscription (access revoked): do not re-join it.
+          this.joined.delete(frame.channel);
+          this.positions.delete(frame.channel);
+          console.warn(`modelence-trio: left ${frame.channel}: ${frame.reason}`);
+        } else {
+          this.reply(frame.ref, null, frame);
+        }
+        break;
       case "error":
         if (!this.reply(frame.ref, new Error(`${frame.code}: ${frame.error}`))) {
           console.warn("modelence-trio: server error", frame);

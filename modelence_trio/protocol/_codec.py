@@ -114,6 +114,8 @@ def encode(frame: ClientFrame | ServerFrame) -> str:
             obj["recovered"] = frame.recovered
         if frame.offset is not None:
             obj["offset"], obj["epoch"] = frame.offset, frame.epoch
+    elif isinstance(frame, Left) and frame.reason is not None:
+        obj["reason"] = frame.reason
     ref = getattr(frame, "ref", None)
     if ref is not None:
         obj["ref"] = ref
@@ -366,7 +368,8 @@ def parse_server_frame(text: str | bytes) -> ServerFrame:
             recovered = recovered if isinstance(recovered, bool) else None
             return Joined(_string(obj, "channel", ref), ref, recovered, *_position(obj))
         if kind == "left":
-            return Left(_string(obj, "channel", ref), ref)
+            reason = obj.get("reason")
+            return Left(_string(obj, "channel", ref), ref, reason if isinstance(reason, str) else None)
         if kind == "join_error":
             return JoinError(_string(obj, "channel", ref), _string(obj, "code", ref), _string(obj, "error", ref), ref)
         if kind == "pong":

@@ -112,6 +112,8 @@ class Joined:
 class Left:
     channel: str
     ref: Ref = None
+    #: Set when the server removed the subscription itself (no ``ref`` then).
+    reason: str | None = None
 
 
 @attrs.frozen
