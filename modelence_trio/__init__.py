@@ -10,7 +10,7 @@ The wire protocol is in :mod:`modelence_trio.protocol` and protocol.md.
 """
 
 from ._app import App, Module
-from ._auth import Authenticator, DevelopmentAuthenticator, Identity, MemoryAuthenticator, User
+from ._auth import Authenticator, DevelopmentAuthenticator, Identity, MemoryAuthenticator, SessionChecker, User
 from ._channel import ChannelContext, PublishRejected, ServerChannel
 from ._client import (
     AuthenticationFailed,
@@ -65,6 +65,7 @@ __all__ = [
     "PublishRejected",
     "RequestFailed",
     "ServerChannel",
+    "SessionChecker",
     "User",
     "open_client",
     "serve_websocket",

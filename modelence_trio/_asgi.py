@@ -17,12 +17,13 @@ from typing import Any
 import trio
 
 from . import _hypercorn
-from ._hub import Hub
+from ._connect import connection_nursery, serve_request
+from ._hub import Hub, HubConfig
 from ._transport import SendResult, TransportClosed
 from ._wire import Outgoing
-from .protocol import CloseCode, HandshakeRejected
+from .protocol import CloseCode
 
-__all__ = ["AsgiTransport", "serve_asgi_websocket"]
+__all__ = ["AsgiRequest", "AsgiTransport", "serve_asgi_websocket"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -67,6 +68,10 @@ class AsgiTransport:
                     message = await self._next_message()
                     if message is not None and not self._closed:
                         await on_message(message)  # the hub applies its size limit (in bytes) to every transport
+            if self.overflowed:  # hypercorn closed with 1009: wait for the peer's answer, then TCP closes
+                with trio.move_on_after(self._close_timeout):
+                    while not self._disconnected.is_set():
+                        await self._next_message()
         finally:
             self._reading = False
             self._bound_writes()  # the connection is ending; its writer must not outlive it
@@ -156,56 +161,61 @@ class AsgiTransport:
 async def serve_asgi_websocket(hub: Hub, scope: Scope, receive: Receive, send: Send) -> None:
     """Serve one ASGI ``websocket`` scope with ``hub`` until it closes.
 
-    The handshake is authenticated before it is accepted; a refusal is an HTTP
-    response with the hub's status (401, 503) where the server supports the
-    ASGI denial response, and otherwise a close before accepting (which the
-    server turns into 403). The connection gets its own nursery under the
-    hub's shield, as with trio-websocket. The ASGI server cancels this task
-    only when it shuts down (hypercorn: after ``graceful_timeout``); that
-    cancellation ends this connection alone, which still flushes and closes
-    with 1001. The hub itself stops with its own task (the App's lifespan).
+    The handshake goes the one connection path (``serve_request``): a
+    refusal is an HTTP response with the hub's status where the server
+    supports the ASGI denial response, and otherwise a close before
+    accepting (which the server turns into 403). The ASGI server cancels
+    this task only when it shuts down (hypercorn: after
+    ``graceful_timeout``); that cancellation ends this connection alone,
+    which still flushes and closes with 1001. The hub itself stops with its
+    own task (the App's lifespan).
     """
     if (await receive())["type"] != "websocket.connect":
         return
-    target = scope.get("path", "/")
-    if scope.get("query_string"):
-        target += "?" + scope["query_string"].decode("latin-1")
-    try:
-        client = scope.get("client")
-        address = str(client[0]) if client else None
-        identity = await hub.authenticate(target, scope.get("headers", []), address)
-    except HandshakeRejected as exc:
-        await _refuse(scope, send, exc)
-        return
-    transport = AsgiTransport(receive, send, hub.config.max_frame_size, hub.config.close_timeout)
-    await transport.accept()
+    request = AsgiRequest(scope, receive, send, hub.config)
+    served: set[trio.Nursery] = set()
+    async with trio.open_nursery() as guard, connection_nursery(hub) as connection:
 
-    async with trio.open_nursery() as guard:
-        async with trio.open_nursery() as nursery:
+        async def end_politely_when_cancelled() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                if served:
+                    for nursery in served:
+                        hub.shut_down_connection(nursery)
+                else:  # not accepted yet: nothing to flush
+                    connection.cancel_scope.cancel()
 
-            async def end_politely_when_cancelled() -> None:
-                # The server cancels this task when it stops (hypercorn: after
-                # graceful_timeout). That ends this connection, with 1001 after
-                # its queue; the hub and every other connection go on.
-                try:
-                    await trio.sleep_forever()
-                finally:
-                    hub.shut_down_connection(nursery)
-
-            guard.start_soon(end_politely_when_cancelled)
-            with hub.shield_connection(nursery):
-                await hub.serve_connection(transport, identity, nursery, address)
-                if transport.overflowed:  # hypercorn closed it with 1009; wait for the answer
-                    with trio.move_on_after(hub.config.close_timeout):
-                        await transport.wait_disconnected()
-                nursery.cancel_scope.cancel()
+        guard.start_soon(end_politely_when_cancelled)
+        await serve_request(hub, request, served)
         guard.cancel_scope.cancel()
 
 
-async def _refuse(scope: Scope, send: Send, exc: HandshakeRejected) -> None:
-    if "websocket.http.response" in scope.get("extensions", {}):
-        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"x-content-type-options", b"nosniff")]
-        await send({"type": "websocket.http.response.start", "status": exc.status, "headers": headers})
-        await send({"type": "websocket.http.response.body", "body": exc.reason.encode()})
-    else:
-        await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION, "reason": exc.reason})
+class AsgiRequest:
+    """An ASGI ``websocket`` scope, its ``websocket.connect`` received, as a
+    ``ConnectionRequest``."""
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send, config: HubConfig) -> None:
+        target = scope.get("path", "/")
+        if scope.get("query_string"):
+            target += "?" + scope["query_string"].decode("latin-1")
+        client = scope.get("client")
+        self.target: str = target
+        self.headers: list[tuple[bytes, bytes]] = list(scope.get("headers", []))
+        self.client = str(client[0]) if client else None
+        self._scope, self._receive, self._send, self._config = scope, receive, send, config
+
+    async def accept(self) -> AsgiTransport:
+        self.headers = []
+        transport = AsgiTransport(self._receive, self._send, self._config.max_frame_size, self._config.close_timeout)
+        await transport.accept()
+        return transport
+
+    async def reject(self, status: int, body: str) -> None:
+        self.headers = []
+        if "websocket.http.response" in self._scope.get("extensions", {}):
+            headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"x-content-type-options", b"nosniff")]
+            await self._send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+            await self._send({"type": "websocket.http.response.body", "body": body.encode()})
+        else:
+            await self._send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION, "reason": body})

@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
-__all__ = ["Authenticator", "DevelopmentAuthenticator", "Identity", "MemoryAuthenticator", "User"]
+__all__ = ["Authenticator", "DevelopmentAuthenticator", "Identity", "MemoryAuthenticator", "SessionChecker", "User"]
 
 
 @attrs.frozen
@@ -78,16 +78,22 @@ class Authenticator(Protocol):
 
     async def authenticate(self, token: str) -> Identity | None: ...
 
-    # Optional: ``async def check(self, identity: Identity) -> bool | Identity``
-    # tells whether a session resolved earlier still holds (not expired, not
-    # revoked). The hub calls it every ``session_check_interval`` for each
-    # signed-in connection and closes those whose session ended (4001).
-    # Returning an ``Identity`` instead of ``True`` gives the session's
-    # current user and roles: one without a user (disabled, deleted) closes
-    # the connection (4001); changed roles re-run the access rule of every
-    # joined channel, and those that now refuse are left (``left`` with a
-    # reason). The reference checks only at connect; without ``check`` so
-    # does this hub.
+
+@runtime_checkable
+class SessionChecker(Protocol):
+    """What an authenticator adds to have sessions re-checked while connected.
+
+    The hub calls ``check`` every ``session_check_interval`` for each
+    signed-in connection. ``False``: the session ended (expired, revoked),
+    and the connection is closed (4001). ``True``: it holds, unchanged. An
+    ``Identity``: the session's current user and roles; one without a user
+    (disabled, deleted) closes the connection (4001), and changed roles
+    re-run the access rule of every joined channel, leaving those that now
+    refuse (``left`` with a reason). The reference checks only at connect;
+    an authenticator without ``check`` gets the same here.
+    """
+
+    async def check(self, identity: Identity) -> bool | Identity: ...
 
 
 @attrs.define(eq=False)

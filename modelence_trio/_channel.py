@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic
 
 import attrs
+import trio
 from typing_extensions import TypeVar
 
 from ._auth import Identity, IdentityView
@@ -17,6 +18,9 @@ from .protocol._names import valid_channel_id
 
 if TYPE_CHECKING:
     from ._hub import Hub
+
+#: No hub accepts longer ids than this; attached hubs lower it to their ``max_id_length``.
+MAX_ID_LENGTH_CEILING = 1 << 20
 
 __all__ = ["AccessCheck", "ChannelContext", "MessageHandler", "PublishRejected", "ServerChannel"]
 
@@ -92,6 +96,7 @@ class ServerChannel(Generic[T]):
         # Weak, so a Hub that is gone stops receiving; a tuple, because
         # iterating it is the broadcast hot path (a WeakSet costs 1.5 us).
         self._hubs: tuple[weakref.ref[Hub], ...] = ()
+        self._max_id_length = MAX_ID_LENGTH_CEILING
 
     def __repr__(self) -> str:
         return f"ServerChannel({self.category!r})"
@@ -100,20 +105,26 @@ class ServerChannel(Generic[T]):
         """Send ``data`` to every connection joined to ``category:channel_id``.
 
         A plain call, usable from any task: it encodes once, queues for each
-        subscriber and returns without waiting for any of them.
+        subscriber and returns without waiting for any of them. From a thread
+        outside Trio (a ``trio.to_thread`` worker, or any other thread) it
+        hands the call to the running hub's Trio thread and returns once it
+        is done there.
 
         Raises:
             TypeError: ``data`` is not JSON-serializable.
-            ValueError: ``channel_id`` is not a valid channel id.
+            ValueError: ``channel_id`` is not a valid channel id (its length
+                bounded by the hubs' ``HubConfig.max_id_length``).
             RuntimeError: no Hub serves this channel.
             FanoutOverflow: (a RuntimeError) local subscribers got it, but
                 other instances cannot: MongoDB has been unreachable for
                 longer than the fan-out's buffer holds.
         """
+        if not trio.lowlevel.in_trio_run() and self._broadcast_from_thread(channel_id, data):
+            return
         name = f"{self.category}:{channel_id}"
-        if not valid_channel_id(channel_id):
+        if not valid_channel_id(channel_id, self._max_id_length):
             try:
-                split_channel(name)
+                split_channel(name, max_id_length=self._max_id_length)
             except ProtocolError as exc:
                 raise ValueError(exc.message) from None
             raise ValueError(f"invalid channel id {channel_id!r}")
@@ -126,8 +137,22 @@ class ServerChannel(Generic[T]):
         if not delivered:
             raise RuntimeError(f"{self!r} is not part of any Hub; build a Hub with it first")
 
+    def _broadcast_from_thread(self, channel_id: str, data: T) -> bool:
+        """Called outside Trio: run the broadcast in the Trio thread of a
+        running hub and say so; with none running (no connections anywhere),
+        ``False``: it runs right here."""
+        for ref in self._hubs:
+            hub = ref()
+            token = hub.trio_token if hub is not None else None
+            if token is not None:
+                trio.from_thread.run_sync(self.broadcast, channel_id, data, trio_token=token)
+                return True
+        return False
+
     def _attach(self, hub: Hub) -> None:
         self._hubs = (*(ref for ref in self._hubs if ref() is not None), weakref.ref(hub))
+        # Ids are bounded by the strictest hub: every hub must accept what broadcast does.
+        self._max_id_length = min(hub.config.max_id_length, self._max_id_length)
 
     async def _allows(self, ctx: ChannelContext) -> bool:
         if self.can_access is None:

@@ -14,6 +14,7 @@ import trio
 import trio_websocket
 from typing_extensions import TypeVar
 
+from ._channel import MAX_ID_LENGTH_CEILING
 from ._util import Backoff, background_nursery
 from .protocol import (
     ClientFrame,
@@ -471,8 +472,9 @@ class Client:
 
 
 def _check_name(channel: str) -> None:
+    # The shape only: how long an id may be is the server's to say (HubConfig.max_id_length).
     try:
-        split_channel(channel)
+        split_channel(channel, max_id_length=MAX_ID_LENGTH_CEILING)
     except ProtocolError as exc:
         raise ValueError(exc.message) from None
 

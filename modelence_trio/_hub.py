@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 import attrs
 import trio
 
-from ._auth import Authenticator, Identity, _roles
+from ._auth import Authenticator, Identity, SessionChecker, _roles
 from ._channel import ChannelContext, PublishRejected, ServerChannel
 from ._connection import Connection
 from ._fanout import MongoFanout
@@ -176,6 +176,8 @@ class Hub:
         self._connections: set[Connection] = set()
         self._per_address: collections.Counter[str] = collections.Counter()
         self._max_connections = config.max_connections  # clamped to the open-file limit by run()
+        #: The Trio run this hub runs in, while it runs: how broadcasts from other threads reach it.
+        self.trio_token: trio.lowlevel.TrioToken | None = None
         self._shields: set[trio.CancelScope] = set()
         self._stopping = False
         self._running = False  # run() has begun
@@ -263,6 +265,7 @@ class Hub:
         if self._running:
             raise RuntimeError("this hub is already running; servers started now share it")
         self._running = True
+        self.trio_token = trio.lowlevel.current_trio_token()
         self._max_connections = connection_limit(self.config.max_connections)
         quiet_accept_errors()
         try:
@@ -278,6 +281,7 @@ class Hub:
             raise AssertionError("unreachable: the heartbeats never end")  # pragma: no cover
         finally:
             self._running = self._ready = False
+            self.trio_token = None
             self.begin_shutdown()
 
     @property
@@ -327,10 +331,11 @@ class Hub:
             self._histories.sweep(trio.current_time())
 
     async def _session_checks(self) -> None:
-        check = getattr(self.authenticator, "check", None)
+        authenticator = self.authenticator
         interval = self.config.session_check_interval
-        if check is None or interval is None:
+        if not isinstance(authenticator, SessionChecker) or interval is None:
             return
+        check = authenticator.check
         while True:
             await trio.sleep(interval)
             for conn in [c for c in self._connections if c.identity.user is not None]:

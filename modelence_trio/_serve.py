@@ -9,6 +9,7 @@ from typing import NoReturn
 import trio
 
 from . import _trio_websocket
+from ._connect import connection_nursery, serve_request
 from ._hub import Hub
 
 __all__ = ["serve_stream", "serve_websocket"]
@@ -62,31 +63,16 @@ async def serve_websocket(
 async def serve_stream(hub: Hub, stream: trio.abc.Stream, *, connections: set[trio.Nursery] | None = None) -> None:
     """Run the WebSocket handshake on ``stream`` and then the hub's connection core.
 
-    Two nurseries per connection, under the hub's connection shield: the
-    outer holds trio-websocket's reader task, which must see the peer's
-    answer to our close frame; the inner is the hub's for the connection
-    (its writer, when one is needed), and cancelling it ends the connection.
-    Both are gone when this returns. Errors are logged and contained: one
-    broken connection never takes down the server. ``connections`` (the
-    server's) holds the inner nursery while the connection is served.
+    The connection's nursery (:func:`connection_nursery`) holds
+    trio-websocket's reader task; :func:`serve_request` does the rest.
+    Errors are logged and contained: one broken connection never takes down
+    the server. ``connections`` is the server's (see ``serve_request``).
     """
     try:
-        async with trio.open_nursery() as outer:
-            with hub.shield_connection(outer):
-                address = peer_address(stream)
-                accepted = await _trio_websocket.handshake(hub, outer, stream, address)
-                if accepted is not None:
-                    async with trio.open_nursery() as nursery:
-                        if connections is not None:
-                            connections.add(nursery)
-                        try:
-                            await hub.serve_connection(*accepted, nursery, address)
-                        finally:
-                            if connections is not None:
-                                connections.discard(nursery)
-                        nursery.cancel_scope.cancel()
-                # trio-websocket's reader task is still running; the connection is over.
-                outer.cancel_scope.cancel()
+        async with connection_nursery(hub) as nursery:
+            request = await _trio_websocket.open_request(hub.config, nursery, stream, peer_address(stream))
+            if request is not None:
+                await serve_request(hub, request, connections)
     except Exception:
         logger.exception("connection failed")
     finally:

@@ -41,13 +41,11 @@ import trio_websocket
 import wsproto
 import wsproto.events
 
-from ._auth import Identity
-from ._hub import Hub
+from ._hub import HubConfig
 from ._transport import FrameSafeStream, SendResult, Transport, TransportClosed
 from ._wire import Outgoing
-from .protocol import HandshakeRejected
 
-__all__ = ["ENABLED", "TESTED", "FastTransport", "PublicTransport", "handshake"]
+__all__ = ["ENABLED", "TESTED", "FastTransport", "PublicTransport", "TrioWebSocketRequest", "open_request"]
 
 logger = logging.getLogger("modelence_trio")
 
@@ -108,23 +106,23 @@ def _warn_once(problem: str) -> None:
         logger.warning("trio-websocket fast path off (%s): sending through its public API", problem)
 
 
-async def handshake(
-    hub: Hub, nursery: trio.Nursery, stream: trio.abc.Stream, address: str | None = None
-) -> tuple[Transport, Identity] | None:
-    """Accept or refuse the opening handshake on ``stream``.
+async def open_request(
+    config: HubConfig, nursery: trio.Nursery, stream: trio.abc.Stream, client: str | None = None
+) -> TrioWebSocketRequest | None:
+    """Read the opening handshake on ``stream``; ``None`` if it does not
+    arrive within ``handshake_timeout``.
 
     trio-websocket's reader task runs in ``nursery``, which must outlive the
     hub's serving of the connection: the reader is what sees the peer's
-    answer to our close frame. The request (and its headers) is not kept:
-    it goes with this frame once the connection is accepted.
+    answer to our close frame.
     """
     safe = FrameSafeStream(stream)
-    transport: FastTransport | PublicTransport | None = None
+    transport: FastTransport | None = None
     get_request: Callable[[], Awaitable[trio_websocket.WebSocketRequest]]
     if _fast_path_problem() is None:
         # What trio_websocket.wrap_server_stream does, keeping the connection object.
         ws = trio_websocket.WebSocketConnection(
-            safe, wsproto.WSConnection(wsproto.ConnectionType.SERVER), max_message_size=hub.config.max_frame_size
+            safe, wsproto.WSConnection(wsproto.ConnectionType.SERVER), max_message_size=config.max_frame_size
         )
         if _connection_problem(ws) is None:
             transport = FastTransport(ws, safe)
@@ -132,11 +130,10 @@ async def handshake(
             get_request = ws._get_request
     if transport is None:
         get_request = functools.partial(
-            trio_websocket.wrap_server_stream, nursery, safe, max_message_size=hub.config.max_frame_size
+            trio_websocket.wrap_server_stream, nursery, safe, max_message_size=config.max_frame_size
         )
     request = None
-    request = None
-    with trio.move_on_after(hub.config.handshake_timeout):
+    with trio.move_on_after(config.handshake_timeout):
         request = await get_request()
     if request is None:
         return None
@@ -144,17 +141,42 @@ async def handshake(
     host = safe.take_request_host()
     if host is not None:
         headers.append((b"host", host))
-    try:
-        identity = await hub.authenticate(request.path, headers, address)
-    except HandshakeRejected as exc:
-        await request.reject(
-            exc.status,
-            extra_headers=[(b"Content-Type", b"text/plain; charset=utf-8")],
-            body=exc.reason.encode(),
-        )
-        return None
-    ws = await request.accept()
-    return transport or PublicTransport(ws, nursery), identity
+    return TrioWebSocketRequest(request, headers, client, transport, nursery)
+
+
+class TrioWebSocketRequest:
+    """trio-websocket's ``WebSocketRequest`` as a ``ConnectionRequest``. The
+    request (and its headers) is dropped once it is answered."""
+
+    def __init__(
+        self,
+        request: trio_websocket.WebSocketRequest,
+        headers: list[tuple[bytes, bytes]],
+        client: str | None,
+        transport: FastTransport | None,
+        nursery: trio.Nursery,
+    ) -> None:
+        self._request: trio_websocket.WebSocketRequest | None = request
+        self.target: str = request.path
+        self.headers: list[tuple[bytes, bytes]] = headers
+        self.client = client
+        self._transport = transport
+        self._nursery = nursery
+
+    def _take(self) -> trio_websocket.WebSocketRequest:
+        request, self._request = self._request, None
+        self.headers = []
+        if request is None:
+            raise RuntimeError("this request was answered already")
+        return request
+
+    async def accept(self) -> Transport:
+        ws = await self._take().accept()
+        return self._transport or PublicTransport(ws, self._nursery)
+
+    async def reject(self, status: int, body: str) -> None:
+        headers = [(b"Content-Type", b"text/plain; charset=utf-8"), (b"X-Content-Type-Options", b"nosniff")]
+        await self._take().reject(status, extra_headers=headers, body=body.encode())
 
 
 class FastTransport:

@@ -1,0 +1,93 @@
+"""One connection path for every transport, from handshake to close.
+
+A transport turns its server's opening handshake into a
+:class:`ConnectionRequest` (the request's target, headers and client
+address; ``accept`` and ``reject``), much as trio-websocket's
+``WebSocketRequest`` does, and hands it to :func:`serve_request`:
+authentication, the origin policy, the connection limits and the
+connection's nursery are here, once. A new transport writes a request class
+and calls these two functions; see docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Protocol
+
+import trio
+
+from ._transport import Transport
+from .protocol import HandshakeRejected
+
+if TYPE_CHECKING:
+    from ._hub import Hub
+
+__all__ = ["ConnectionRequest", "connection_nursery", "serve_request"]
+
+
+class ConnectionRequest(Protocol):
+    """An opening handshake that has arrived and is not answered yet."""
+
+    @property
+    def target(self) -> str:
+        """The request target: path and query, e.g. ``/ws?token=abc``."""
+        ...
+
+    @property
+    def headers(self) -> Sequence[tuple[bytes, bytes]]:
+        """Every request header, ``Host`` included (the origin check needs it)."""
+        ...
+
+    @property
+    def client(self) -> str | None:
+        """The peer's address, for per-address limits (``None`` if unknown)."""
+        ...
+
+    async def accept(self) -> Transport:
+        """Complete the handshake; the accepted WebSocket as a ``Transport``."""
+        ...
+
+    async def reject(self, status: int, body: str) -> None:
+        """Answer with an HTTP error instead of accepting."""
+        ...
+
+
+@asynccontextmanager
+async def connection_nursery(hub: Hub) -> AsyncIterator[trio.Nursery]:
+    """A nursery for one connection's transport tasks (trio-websocket's
+    reader), under the hub's shield: a shutdown ends the connection
+    politely (flush, 1001) instead of cutting a write short. Cancelled when
+    the block ends."""
+    async with trio.open_nursery() as nursery:
+        with hub.shield_connection(nursery):
+            yield nursery
+            nursery.cancel_scope.cancel()
+
+
+async def serve_request(hub: Hub, request: ConnectionRequest, connections: set[trio.Nursery] | None = None) -> None:
+    """Authenticate ``request``, refuse it with its HTTP status or accept it,
+    and serve the connection until it ends.
+
+    The hub's part of the connection runs in a nursery of its own, inside
+    the transport's (:func:`connection_nursery`): cancelling it ends the
+    connection while the transport's reader still sees the peer's answer to
+    the close frame. ``connections`` (the server's) holds that nursery while
+    the connection is served, so a server can end just its own connections
+    (``Hub.shut_down_connection``).
+    """
+    try:
+        identity = await hub.authenticate(request.target, request.headers, request.client)
+    except HandshakeRejected as exc:
+        await request.reject(exc.status, exc.reason)
+        return
+    transport = await request.accept()
+    async with trio.open_nursery() as nursery:
+        if connections is not None:
+            connections.add(nursery)
+        try:
+            await hub.serve_connection(transport, identity, nursery, request.client)
+        finally:
+            if connections is not None:
+                connections.discard(nursery)
+        nursery.cancel_scope.cancel()
