@@ -23,7 +23,8 @@ no wall time. Example::
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, cast
 
@@ -32,12 +33,14 @@ import trio
 import trio.testing
 import trio_websocket
 
+from ._auth import Authenticator, MemoryAuthenticator, User
+from ._channel import ServerChannel
 from ._client import Client, Dialer, open_client
-from ._hub import Hub
+from ._hub import Hub, HubConfig
 from ._serve import serve_stream
 from ._util import background_nursery
 
-__all__ = ["Link", "MemoryServer", "open_memory_server"]
+__all__ = ["Link", "MemoryServer", "Serve", "check_transport", "open_memory_server"]
 
 
 @attrs.define(eq=False)
@@ -151,3 +154,134 @@ async def open_memory_server(hub: Hub) -> AsyncIterator[MemoryServer]:
         if not hub.running:
             await nursery.start(hub.run)
         yield MemoryServer(hub, nursery)
+
+
+# --- transport conformance ----------------------------------------------------------
+
+#: ``serve(nursery, channels, authenticator, config)`` starts a server of a new
+#: hub over some transport and returns the hub and a way to dial it.
+Serve = Callable[
+    [trio.Nursery, Sequence[ServerChannel[Any]], Authenticator | None, HubConfig], Awaitable[tuple[Hub, Dialer]]
+]
+
+
+async def check_transport(serve: Serve) -> None:
+    """The transport conformance check: what every transport must do alike.
+
+    Runs each scenario below against servers that ``serve`` starts (one per
+    scenario) and raises ``AssertionError`` naming the first that fails:
+    the welcome frame; join, 200 broadcasts in order, ping; a malformed
+    frame answered with ``error`` on a connection that stays open; a refused
+    handshake as its HTTP status; a message over ``max_frame_size`` closed
+    with 1009; a shutdown that delivers what was queued, then 1001. The
+    project runs it for the in-memory server, trio-websocket and the App
+    under hypercorn (and their public-API fallbacks); a new transport should
+    pass it too.
+    """
+    for scenario in (_delivery_in_order, _malformed_frame, _refusal, _too_big, _shutdown):
+        try:
+            with trio.fail_after(30):
+                async with trio.open_nursery() as nursery:
+                    await scenario(serve, nursery)
+                    nursery.cancel_scope.cancel()
+        except (AssertionError, trio.TooSlowError, BaseExceptionGroup) as exc:
+            failure = _first_failure(exc)
+            if failure is None:
+                raise
+            raise AssertionError(f"transport conformance, {scenario.__name__.strip('_')}: {failure!r}") from exc
+
+
+def _first_failure(exc: BaseException) -> BaseException | None:
+    if isinstance(exc, BaseExceptionGroup):
+        return next((found for leaf in exc.exceptions if (found := _first_failure(leaf)) is not None), None)
+    return exc if isinstance(exc, AssertionError | trio.TooSlowError) else None
+
+
+async def _welcomed(dial: Dialer, nursery: trio.Nursery, headers: list[tuple[bytes, bytes]] | None = None) -> Any:
+    ws = await dial(nursery, headers or [])
+    welcome = await _frame(ws)
+    assert welcome["type"] == "welcome" and welcome["protocol"] == 1, f"expected welcome, got {welcome}"
+    return ws
+
+
+async def _frame(ws: trio_websocket.WebSocketConnection) -> dict[str, Any]:
+    text = await ws.get_message()
+    assert isinstance(text, str), "frames are text"
+    frame = json.loads(text)
+    assert isinstance(frame, dict)
+    return frame
+
+
+async def _delivery_in_order(serve: Serve, nursery: trio.Nursery) -> None:
+    chat: ServerChannel[Any] = ServerChannel("chat")
+    _, dial = await serve(nursery, [chat], None, HubConfig(heartbeat_interval=None))
+    ws = await _welcomed(dial, nursery)
+    await ws.send_message('{"type":"join","channel":"chat:a","ref":1}')
+    joined = await _frame(ws)
+    assert joined["type"] == "joined" and joined["ref"] == 1, f"expected joined, got {joined}"
+    for n in range(200):
+        chat.broadcast("a", n)
+    got = [(await _frame(ws))["data"] for _ in range(200)]
+    assert got == list(range(200)), "broadcasts out of order or lost"
+    await ws.send_message('{"type":"ping","ref":"p"}')
+    assert await _frame(ws) == {"type": "pong", "ref": "p"}
+
+
+async def _malformed_frame(serve: Serve, nursery: trio.Nursery) -> None:
+    _, dial = await serve(nursery, [ServerChannel("chat")], None, HubConfig(heartbeat_interval=None))
+    ws = await _welcomed(dial, nursery)
+    await ws.send_message("{not json")
+    error = await _frame(ws)
+    assert error["type"] == "error" and error["code"] == "invalid_json", f"expected invalid_json, got {error}"
+    await ws.send_message('{"type":"ping","ref":2}')
+    assert await _frame(ws) == {"type": "pong", "ref": 2}, "the connection did not stay open"
+
+
+async def _refusal(serve: Serve, nursery: trio.Nursery) -> None:
+    auth = MemoryAuthenticator()
+    auth.add("good", User("1", "ann"))
+    _, dial = await serve(nursery, [ServerChannel("chat")], auth, HubConfig(heartbeat_interval=None))
+    status = None
+    try:
+        async with trio.open_nursery() as inner:
+            await dial(inner, [(b"Authorization", b"Bearer bad")])
+    except* trio_websocket.ConnectionRejected as group:
+        rejection = group.exceptions[0]
+        assert isinstance(rejection, trio_websocket.ConnectionRejected)
+        status = rejection.status_code
+    assert status == 401, f"a bad token must be refused with 401, got {status}"
+    ws = await _welcomed(dial, nursery, [(b"Authorization", b"Bearer good")])
+    await ws.aclose()
+
+
+async def _too_big(serve: Serve, nursery: trio.Nursery) -> None:
+    _, dial = await serve(
+        nursery, [ServerChannel("chat")], None, HubConfig(max_frame_size=1024, heartbeat_interval=None)
+    )
+    ws = await _welcomed(dial, nursery)
+    await ws.send_message(json.dumps({"type": "ping", "ref": "é" * 600}, ensure_ascii=False))  # 1,200 bytes
+    try:
+        frame = await _frame(ws)
+    except trio_websocket.ConnectionClosed as exc:
+        assert exc.reason is not None and exc.reason.code == 1009, f"expected 1009, got {exc.reason}"
+    else:
+        raise AssertionError(f"expected close 1009, got {frame}")
+
+
+async def _shutdown(serve: Serve, nursery: trio.Nursery) -> None:
+    chat: ServerChannel[Any] = ServerChannel("chat")
+    hub, dial = await serve(nursery, [chat], None, HubConfig(heartbeat_interval=None))
+    ws = await _welcomed(dial, nursery)
+    await ws.send_message('{"type":"join","channel":"chat:a"}')
+    assert (await _frame(ws))["type"] == "joined"
+    for n in range(20):
+        chat.broadcast("a", n)
+    hub.begin_shutdown()
+    got = [(await _frame(ws))["data"] for _ in range(20)]
+    assert got == list(range(20)), "what was queued before the shutdown was not delivered"
+    try:
+        frame = await _frame(ws)
+    except trio_websocket.ConnectionClosed as exc:
+        assert exc.reason is not None and exc.reason.code == 1001, f"expected 1001, got {exc.reason}"
+    else:
+        raise AssertionError(f"expected close 1001, got {frame}")
