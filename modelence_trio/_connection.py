@@ -13,6 +13,7 @@ import trio
 
 from ._auth import Identity
 from ._registry import Registry
+from ._session import Session, SessionLimits
 from ._transport import SendResult, Transport, TransportClosed
 from ._wire import Outgoing
 from .protocol import CloseCode, ServerFrame, encode
@@ -20,22 +21,6 @@ from .protocol import CloseCode, ServerFrame, encode
 __all__ = ["Connection"]
 
 logger = logging.getLogger("modelence_trio")
-
-
-@attrs.define
-class TokenBucket:
-    """A rate limit: ``rate`` per second sustained, bursts of ``2 * rate``."""
-
-    tokens: float = math.inf
-    stamp: float = 0.0
-
-    def take(self, rate: float, now: float) -> bool:
-        self.tokens = min(2 * rate, self.tokens + (now - self.stamp) * rate)
-        self.stamp = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
 
 
 @attrs.define(eq=False)
@@ -70,10 +55,8 @@ class Connection:
     #: Tells whether the outstanding heartbeat ping was answered (``None``: none outstanding).
     pong: Callable[[], bool] | None = None
     ping_deadline: float = math.inf
-    join_budget: TokenBucket = attrs.field(factory=lambda: TokenBucket())
-    publish_budget: TokenBucket = attrs.field(factory=lambda: TokenBucket())
-    bad_frames: int = 0
-    bad_since: float = -math.inf
+    #: What this connection may do (limits, rates, malformed frames), sans-IO.
+    session: Session = attrs.field(factory=lambda: Session(SessionLimits()))
 
     @property
     def failed(self) -> bool:

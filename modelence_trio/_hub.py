@@ -23,8 +23,9 @@ from ._history import History, HistoryBook
 from ._origins import check_origin, validate_origins
 from ._registry import Registry
 from ._resources import connection_limit, quiet_accept_errors
+from ._session import Answer, Close, Session, SessionLimits
 from ._transport import Transport
-from ._wire import Outgoing, message_size
+from ._wire import Outgoing
 from .protocol import (
     CloseCode,
     ErrorCode,
@@ -37,14 +38,11 @@ from .protocol import (
     Limits,
     Ping,
     Pong,
-    ProtocolError,
     Publish,
     Published,
     Since,
     Welcome,
     encode_message,
-    error_reply,
-    parse_client_frame,
     token_from_request,
 )
 from .protocol import Error as ErrorFrame
@@ -168,9 +166,7 @@ class Hub:
             if channel.category in self._channels:
                 raise ValueError(f"two channels share the category {channel.category!r}")
             self._channels[channel.category] = channel
-        self._limits = Limits(
-            max_id_length=config.max_id_length, max_ref_length=config.max_ref_length, max_depth=config.max_depth
-        )
+        self._limits_of: tuple[HubConfig, SessionLimits] | None = None
         self._registry = Registry()
         self._histories = HistoryBook()
         self._connections: set[Connection] = set()
@@ -486,6 +482,7 @@ class Hub:
             self.config.outbound_queue_size,
             self.config.close_timeout,
             self.config.outbound_queue_bytes,
+            session=Session(self._session_limits()),
         )
         self._connections.add(conn)
         if address is not None:
@@ -510,27 +507,43 @@ class Hub:
                 with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):
                     await transport.close(*conn.close_reason)
 
+    def _session_limits(self) -> SessionLimits:
+        """``HubConfig``'s per-connection limits (made again if the config was replaced)."""
+        if self._limits_of is None or self._limits_of[0] is not self.config:
+            c = self.config
+            parse = Limits(max_id_length=c.max_id_length, max_ref_length=c.max_ref_length, max_depth=c.max_depth)
+            limits = SessionLimits(
+                c.max_frame_size,
+                parse,
+                c.bad_frame_limit,
+                c.bad_frame_window,
+                c.joins_per_second,
+                c.publishes_per_second,
+                c.max_channels_per_connection,
+            )
+            self._limits_of = (c, limits)
+        return self._limits_of[1]
+
     async def _handle(self, conn: Connection, message: str | bytes) -> None:
         """Act on one client message. Whatever goes wrong here ends at most
         this connection (1011, logged once): it never reaches the transport,
         the hub or another client."""
         try:
-            if message_size(message) > self.config.max_frame_size:
-                conn.fail(CloseCode.MESSAGE_TOO_BIG, f"message over {self.config.max_frame_size} bytes")
-                return
             await self._act(conn, message)
         except Exception:
             logger.exception("handling a frame of connection %s failed; closing it (1011)", conn.id)
             conn.fail(CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _act(self, conn: Connection, message: str | bytes) -> None:
-        try:
-            frame = parse_client_frame(message, limits=self._limits)
-        except ProtocolError as exc:
-            conn.reply(error_reply(exc))
-            self._count_bad_frame(conn)
-            return
-        if isinstance(frame, Join):
+        # The connection's own policy decides first (sans-IO: _session.py).
+        frame = conn.session.receive(message, trio.current_time())
+        if isinstance(frame, Close):
+            conn.fail(frame.code, frame.reason)
+        elif isinstance(frame, Answer):
+            conn.reply(frame.frame)
+            if frame.then_close is not None:
+                conn.fail(frame.then_close.code, frame.then_close.reason)
+        elif isinstance(frame, Join):
             await self._join(conn, frame)
         elif isinstance(frame, Leave):
             self._registry.unsubscribe(conn, frame.channel)
@@ -539,14 +552,6 @@ class Hub:
             await self._publish(conn, frame)
         elif isinstance(frame, Ping):
             conn.reply(Pong(frame.ref))
-
-    def _count_bad_frame(self, conn: Connection) -> None:
-        now = trio.current_time()
-        if now - conn.bad_since > self.config.bad_frame_window:
-            conn.bad_since, conn.bad_frames = now, 0
-        conn.bad_frames += 1
-        if conn.bad_frames > self.config.bad_frame_limit:
-            conn.fail(CloseCode.POLICY_VIOLATION, "too many malformed frames")
 
     def _context(self, conn: Connection, channel: str) -> tuple[ServerChannel[Any] | None, ChannelContext]:
         # The codec has validated the name against this hub's limits already.
@@ -564,9 +569,11 @@ class Hub:
         recovered: bool | None = None if frame.since is None else history is not None
         replay: list[Outgoing] = []
         if not self._registry.is_subscribed(conn, frame.channel):
-            refusal = self._join_refusal(conn)
+            refusal = conn.session.admit_join(
+                frame.channel, frame.ref, self._registry.count_of(conn), trio.current_time()
+            )
             if refusal is not None:
-                conn.reply(JoinError(frame.channel, refusal[0], refusal[1], frame.ref))
+                conn.reply(refusal)
                 return
             try:
                 allowed = await server_channel._allows(ctx)
@@ -615,24 +622,15 @@ class Hub:
         older = [Outgoing.from_text(encode_message(channel, data, seq, epoch)) for seq, data in stored]
         return True, older + newer
 
-    def _join_refusal(self, conn: Connection) -> tuple[ErrorCode, str] | None:
-        limit = self.config.max_channels_per_connection
-        if self._registry.count_of(conn) >= limit:
-            return ErrorCode.TOO_MANY_CHANNELS, f"a connection may join at most {limit} channels"
-        rate = self.config.joins_per_second
-        if rate is not None and not conn.join_budget.take(rate, trio.current_time()):
-            return ErrorCode.RATE_LIMITED, f"at most {rate:g} joins per second"
-        return None
-
     async def _publish(self, conn: Connection, frame: Publish) -> None:
         server_channel, ctx = self._context(conn, frame.channel)
         if not self._registry.is_subscribed(conn, frame.channel):
             why = f"join {frame.channel!r} before publishing to it"
             conn.reply(ErrorFrame(ErrorCode.NOT_JOINED, why, frame.ref))
             return
-        rate = self.config.publishes_per_second
-        if rate is not None and not conn.publish_budget.take(rate, trio.current_time()):
-            conn.reply(ErrorFrame(ErrorCode.RATE_LIMITED, f"at most {rate:g} publishes per second", frame.ref))
+        refusal = conn.session.admit_publish(frame.ref, trio.current_time())
+        if refusal is not None:
+            conn.reply(refusal)
             return
         if server_channel is None or server_channel.on_message is None:
             why = f"clients may not publish to {ctx.category!r}"

@@ -20,9 +20,9 @@ import attrs
 import trio
 
 from ._auth import Identity, IdentityView
-from ._connection import TokenBucket
 from ._hub import Hub
 from ._origins import check_origin
+from ._session import TokenBucket
 from .protocol import HandshakeRejected, loads_utf8, token_from_cookie
 
 __all__ = ["HttpResponse", "Method", "MethodContext", "MethodError", "MethodRateLimit", "call_method"]

@@ -77,7 +77,7 @@ async def test_size_limit_counts_bytes(nursery: trio.Nursery, transport: str) ->
 async def test_handler_fault_ends_only_that_connection(
     nursery: trio.Nursery, transport: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import modelence_trio._hub as hub_module
+    import modelence_trio._session as session_module
 
     real = parse_client_frame
 
@@ -86,7 +86,7 @@ async def test_handler_fault_ends_only_that_connection(
             raise RuntimeError("injected fault")
         return real(message, **kwargs)
 
-    monkeypatch.setattr(hub_module, "parse_client_frame", faulty)
+    monkeypatch.setattr(session_module, "parse_client_frame", faulty)
     chat: ServerChannel[Any] = ServerChannel("chat")
     url, hub = await start_server(nursery, transport, [chat])
     healthy = [await _joined(url, nursery) for _ in range(50)]
