@@ -152,6 +152,10 @@ async def handle(hub: Hub, stream: trio.SocketStream) -> None:
     await serve_stream(hub, ReplayStream(stream, head))
 
 
+#: Every load-generator client comes from 127.0.0.1: no per-address limit.
+BENCH_CONFIG = HubConfig(max_connections_per_address=None)
+
+
 def tune_gc(gc_mode: str) -> None:
     if gc_mode == "tuned":
         gc.collect()
@@ -163,7 +167,7 @@ async def main(
     port: int, gc_mode: str, mongodb_uri: str | None = None, poll_interval: float = 0.05, ttl: float = 60
 ) -> None:
     fanout = MongoFanout.from_uri(mongodb_uri, poll_interval=poll_interval, ttl=ttl) if mongodb_uri else None
-    hub = Hub(channels.values(), config=HubConfig(), fanout=fanout)
+    hub = Hub(channels.values(), config=BENCH_CONFIG, fanout=fanout)
     listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
     tune_gc(gc_mode)
     print(f"modelence-trio peer server on port {port} (gc={gc_mode}, fan-out={bool(fanout)})", flush=True)
@@ -181,7 +185,7 @@ async def main_hypercorn(port: int, gc_mode: str) -> None:
     """The same, with the App under hypercorn: what `modelence-trio` and
     `hypercorn --worker-class trio` run."""
     app = App(
-        [Module("bench", channels=channels.values())], config=HubConfig(), websocket_path="/"
+        [Module("bench", channels=channels.values())], config=BENCH_CONFIG, websocket_path="/"
     )  # the harness dials "/"
 
     async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:

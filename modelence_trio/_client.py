@@ -240,10 +240,13 @@ class Client:
         self._joined.add(channel)
 
     async def leave(self, channel: str) -> None:
-        """Leave ``channel``; once this returns no more of its messages arrive."""
+        """Leave ``channel``; once this returns no more of its messages arrive.
+        While disconnected it returns at once: the channel is not re-joined."""
         _check_name(channel)
         self._joined.discard(channel)
         self._positions.pop(channel, None)
+        if self._ws is None:
+            return
         await self._request(lambda ref: Leave(channel, ref), retry=True)
 
     async def publish(self, channel: str, data: Any) -> None:
@@ -359,7 +362,10 @@ class Client:
                 logger.warning("re-join refused: %s", refusal)
                 if self._on_join_error is not None:
                     self._on_join_error(refusal)
-            elif isinstance(reply, Joined) and since is not None and reply.recovered is not True:
+            elif isinstance(reply, Joined) and since is None:
+                # A position right away, for a channel that gets no message before the next drop.
+                self._remember(channel, reply.offset, reply.epoch)
+            elif isinstance(reply, Joined) and reply.recovered is not True:
                 # The replay (if any) is already in order in the inbox; this says there is a gap before it.
                 logger.warning("messages missed on %s while disconnected could not be recovered", channel)
                 self._remember(channel, reply.offset, reply.epoch)
@@ -521,8 +527,8 @@ async def open_client(
     dial: Dialer | None = None,
     channels: Iterable[ClientChannel[Any]] = (),
     reconnect: bool = True,
-    backoff: Backoff = Backoff(),
-    heartbeat_interval: float | None = 20.0,
+    backoff: Backoff = Backoff(maximum=10.0),
+    heartbeat_interval: float | None = 25.0,
     heartbeat_timeout: float = 20.0,
     on_join_error: Callable[[JoinRefused], None] | None = None,
     on_recovery_failed: Callable[[str], None] | None = None,

@@ -158,3 +158,22 @@ def test_a_page_from_another_origin_cannot_open_the_socket(browser: Browser, ser
     assert page.evaluate(outcome, server.ws_url) == "refused"
     # The page's own origin is allowed: the same call from there opens.
     assert page.evaluate(outcome, server.ws_url.replace("127.0.0.1", "localhost")) == "open"
+
+
+def test_the_browser_client_publishes(browser: Browser, server: CliServer) -> None:
+    # The chat app's channel takes no client publishes (messages go through a
+    # mutation): the server's answers come back as the promise's outcome.
+    page = open_chat(browser, server, "ann")
+    outcome = """async () => {
+        const { ClientChannel } = await import("/_modelence/modelence.js");
+        const chat = new ClientChannel("chat", () => {});
+        const results = [];
+        for (const id of ["elsewhere", "lobby"]) {
+            try { await chat.publishToChannel(id, { text: "hi" }); results.push("ok"); }
+            catch (error) { results.push(String(error.message)); }
+        }
+        return results;
+    }"""
+    first, second = page.evaluate(outcome)
+    assert first.startswith("not_joined")  # this page never joined chat:elsewhere
+    assert second.startswith("publish_not_allowed")  # joined, but the channel has no on_message

@@ -176,3 +176,30 @@ async def test_sessions_that_end_while_connected_are_closed(autojump_clock: trio
         assert 30 <= expiring_time <= 40 + 1
         assert hub.statistics().subscriptions == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_leave_while_disconnected_returns_at_once_and_is_not_rejoined(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    chat = ServerChannel("chat")
+    hub = Hub([chat], config=HubConfig(heartbeat_interval=None))
+    backoff = Backoff(initial=1, factor=2, maximum=8, jitter=0)
+    async with open_memory_server(hub) as server:
+        async with server.client(heartbeat_interval=5, heartbeat_timeout=3, backoff=backoff) as client:
+            await client.join("chat:a")
+            await client.join("chat:b")
+            server.accepting = False
+            server.partition()
+            await trio.sleep(5 + 3 + 0.5)  # the client has noticed
+            assert not client.connected
+            with trio.fail_after(0.1):  # virtual time: a leave that waited for a reconnect would time out
+                await client.leave("chat:a")
+            assert client.joined == {"chat:b"}
+            server.accepting = True
+            with trio.fail_after(30):
+                await client.wait_connected()
+            with trio.fail_after(5):
+                while hub.statistics().subscriptions < 3:  # the old connection's two, and chat:b again
+                    await trio.sleep(0.1)
+            await trio.sleep(1)
+            assert hub.statistics().subscriptions == 3  # chat:a was not re-joined

@@ -248,3 +248,33 @@ async def test_public_fallback_is_taken_with_one_warning(
     warnings = [r.getMessage() for r in caplog.records if "fast path off" in r.getMessage()]
     assert len(warnings) == 1
     assert "MODELENCE_TRIO_PUBLIC_API" in warnings[0]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_consumer_that_never_reads_is_aborted_not_corrupted(nursery: trio.Nursery, transport: str) -> None:
+    # Cut off while the socket is full and never read again: the frame under
+    # way cannot be finished within close_timeout, so TCP is aborted. What the
+    # client finds in its buffers afterwards is whole frames, then at most an
+    # unfinished one, and no close frame inside a frame.
+    chat: ServerChannel[Any] = ServerChannel("chat", history=None)
+    config = HubConfig(outbound_queue_bytes=256 * 1024, heartbeat_interval=None, close_timeout=0.5)
+    url, hub = await start_server(nursery, transport, [chat], config=config)
+    client = await RawClient.connect(url)
+    await client.send_text('{"type":"join","channel":"chat:big"}')
+    await client.read_until(lambda: len(client.texts) >= 2)
+    pad = "z" * 16_000
+    sent = 0
+    while hub.statistics().subscriptions and sent < 20_000:
+        chat.broadcast("big", {"i": sent, "pad": pad})
+        sent += 1
+        if sent % 10 == 0:
+            await trio.sleep(0)
+    assert hub.statistics().subscriptions == 0, "never cut off"
+    with trio.fail_after(15):
+        while hub.statistics().connections:
+            await trio.sleep(0.05)  # the server gave up within close_timeout
+    await client.read_until(lambda: False)  # now read all that is buffered, to EOF
+    assert client.eof
+    assert client.closes in ([], [4002])
+    messages = [json.loads(text) for text in client.texts[2:]]
+    assert [m["data"]["i"] for m in messages] == list(range(len(messages)))

@@ -35,8 +35,11 @@ export class ClientChannel<T = unknown> {
   /** Join `${category}:${id}`; resolves once joined, rejects with JoinError if refused.
    * Re-joined automatically after every reconnect until left. */
   joinChannel(id: string): Promise<void>;
-  /** Leave `${category}:${id}`. */
+  /** Leave `${category}:${id}`; resolves at once if not connected. */
   leaveChannel(id: string): Promise<void>;
+  /** Publish into the joined channel `${category}:${id}`; resolves once the server handled it,
+   * rejects with its error ("not_joined: ...", "publish_rejected: ...") otherwise. */
+  publishToChannel(id: string, data: T): Promise<void>;
 }
 
 export interface Backoff {

@@ -69,6 +69,12 @@ export class ClientChannel {
   leaveChannel(id) {
     return requireConnection().leave(`${this.category}:${id}`);
   }
+
+  /** Publish `data` into the joined channel `${category}:${id}` (its server side must accept
+   * publishes); resolves once the server has handled it, rejects with its error otherwise. */
+  publishToChannel(id, data) {
+    return requireConnection().publish(`${this.category}:${id}`, data);
+  }
 }
 
 /**
@@ -277,6 +283,11 @@ class Connection {
     this.settle(name, new Error(`left ${name} before it was joined`));
     if (!this.ready) return Promise.resolve();
     return this.request({ type: "leave", channel: name }).then(() => undefined);
+  }
+
+  publish(name, data) {
+    if (!this.ready) return Promise.reject(new Error(`not connected: cannot publish to ${name}`));
+    return this.request({ type: "message", channel: name, data }).then(() => undefined);
   }
 
   receive(text) {
