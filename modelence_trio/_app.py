@@ -20,6 +20,7 @@ import trio
 
 from ._asgi import Receive, Scope, Send, serve_asgi_websocket
 from ._auth import Authenticator
+from ._backend import FanoutBackend
 from ._channel import ServerChannel
 from ._fanout import MongoFanout
 from ._hub import Hub, HubConfig
@@ -108,7 +109,7 @@ class App:
         request_timeout: float = 30.0,
         methods_per_second: float | None = 50.0,
         mongodb_uri: str | None = None,
-        fanout: MongoFanout | None = None,
+        fanout: FanoutBackend | None = None,
     ) -> None:
         self.modules = tuple(modules)
         channels: dict[str, str] = {}

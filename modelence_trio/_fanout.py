@@ -22,10 +22,9 @@ import datetime
 import itertools
 import json
 import logging
-import math
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 import pymongo
@@ -33,6 +32,8 @@ import pymongo.errors
 import trio
 from bson import ObjectId
 
+from ._backend import FanoutOverflow, FanoutSink, FanoutStatistics
+from ._sequencer import Sequencer, Stored
 from ._util import Backoff
 from ._wire import Outgoing
 from .protocol import encode_message
@@ -48,35 +49,6 @@ logger = logging.getLogger("modelence_trio.fanout")
 COLLECTION = "_modelenceSocketio"  # the reference's name
 COUNTERS = "_modelenceSocketioCounters"
 INDEX_OPTIONS_CONFLICT = (85, 86)  # IndexOptionsConflict, IndexKeySpecsConflict
-
-
-class FanoutSink(Protocol):
-    """What the fan-out delivers into: the hub."""
-
-    def deliver(self, channel: str, frame: Outgoing) -> int: ...
-
-    def deliver_in_sequence(self, channel: str, data: Any, seq: int) -> None: ...
-
-    def start_sequence(self, epoch: str, seq: int) -> None: ...
-
-
-class FanoutOverflow(RuntimeError):
-    """The broadcast reached local subscribers (in the ordered mode: no one),
-    but not other instances: the database has been unreachable for so long
-    that the buffer of broadcasts waiting to be stored is full. It is logged
-    and counted as well."""
-
-
-@attrs.frozen
-class FanoutStatistics:
-    pending: int  # broadcasts waiting to be stored
-    stored: int
-    delivered: int  # broadcasts of other instances delivered here
-    skipped: int  # sequence numbers given up on (gaps; see docs/fanout.md)
-    dropped: int  # broadcasts refused because the buffer was full
-    write_failures: int
-    read_failures: int
-    last_seq: int
 
 
 @attrs.define
@@ -169,8 +141,7 @@ class MongoFanout:
         self._pending: collections.deque[_Pending] = collections.deque()
         self._wake = trio.Event()
         self._ids = itertools.count()
-        self._seen: dict[str, None] = {}  # recent message ids, oldest first
-        self._last_seq = -1  # not started
+        self._sequence = Sequencer(self.origin, ordered=ordered, gap_timeout=gap_timeout, memory=max_pending)
         self._stored = self._delivered = self._skipped = self._dropped = 0
         self._write_failures = self._read_failures = 0
 
@@ -210,7 +181,7 @@ class MongoFanout:
             self._dropped,
             self._write_failures,
             self._read_failures,
-            self._last_seq,
+            self._sequence.last_seq,
         )
 
     async def run(self, sink: FanoutSink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
@@ -220,7 +191,8 @@ class MongoFanout:
         reachable wait."""
         epoch, last_seq = await self._retrying("prepare the collections", self._prepare)
         # Both set here, in Trio's thread, at once: nobody sees one without the other.
-        self.epoch, self._last_seq = epoch, last_seq
+        self.epoch = epoch
+        self._sequence.start(last_seq)
         sink.start_sequence(epoch, last_seq)
         task_status.started()
         async with trio.open_nursery() as nursery:
@@ -357,50 +329,44 @@ class MongoFanout:
 
     async def _poll_forever(self, sink: FanoutSink) -> NoReturn:
         outage = _Outage(self.retry)
-        gap_since = math.inf
+        sequence = self._sequence
         while True:
             try:
-                docs: list[dict[str, Any]] = await self._db(self._read, self._last_seq)
+                docs: list[dict[str, Any]] = await self._db(self._read, sequence.last_seq)
             except pymongo.errors.PyMongoError as exc:
                 self._read_failures += 1
                 await outage.failed("MongoDB unreachable: no broadcasts from other instances until it is back: %s", exc)
                 continue
-            outage.over("MongoDB reachable again after %.1f s: resuming after sequence %d", self._last_seq)
-            waiting = False
-            for doc in docs:
-                seq = int(doc["seq"])
-                if seq > self._last_seq + 1:
-                    now = trio.current_time()
-                    gap_since = min(gap_since, now)
-                    if now - gap_since < self.gap_timeout:
-                        waiting = True  # reserved but not visible yet: wait for it
-                        break
-                    missing = seq - self._last_seq - 1
-                    self._skipped += missing
-                    logger.warning("fan-out: gave up on %d sequence number(s) before %d (gap)", missing, seq)
-                gap_since = math.inf
-                self._last_seq = seq
-                self._deliver(doc, sink)
-            if waiting or len(docs) < self.batch_size:
+            outage.over("MongoDB reachable again after %.1f s: resuming after sequence %d", sequence.last_seq)
+            step = sequence.feed(map(_stored, docs), trio.current_time())
+            if step.skipped:
+                self._skipped += step.skipped
+                logger.warning(
+                    "fan-out: gave up on %d sequence number(s) (gap), now at %d", step.skipped, sequence.last_seq
+                )
+            for item in step.deliver:
+                self._deliver(item, sink)
+            if step.waiting or len(docs) < self.batch_size:
                 await trio.sleep(self.poll_interval)
 
-    def _deliver(self, doc: dict[str, Any], sink: FanoutSink) -> None:
-        mid = doc.get("mid")
-        if not isinstance(mid, str) or mid in self._seen:
-            return  # stored twice
-        if doc.get("origin") == self.origin and not self.ordered:
-            return  # our own: local subscribers had it at once
-        self._seen[mid] = None
-        if len(self._seen) > 4 * self.max_pending:
-            for old in list(itertools.islice(self._seen, self.max_pending)):
-                del self._seen[old]
-        channel = doc["channel"]
+    def _deliver(self, item: Stored, sink: FanoutSink) -> None:
         try:
             if self.ordered:
-                sink.deliver_in_sequence(channel, doc["data"], int(doc["seq"]))
+                sink.deliver_in_sequence(item.channel, item.data, item.seq)
             else:
-                sink.deliver(channel, Outgoing.from_text(encode_message(channel, doc["data"])))
+                sink.deliver(item.channel, Outgoing.from_text(encode_message(item.channel, item.data)))
         except (TypeError, ValueError):
-            logger.exception("fan-out: cannot encode the broadcast with sequence %s; skipped", doc.get("seq"))
+            logger.exception("fan-out: cannot encode the broadcast with sequence %s; skipped", item.seq)
             return
         self._delivered += 1
+
+
+def _stored(doc: dict[str, Any]) -> Stored:
+    mid = doc.get("mid")
+    return Stored(
+        int(doc["seq"]),
+        str(doc.get("channel")),
+        doc.get("data"),
+        str(doc.get("origin")),
+        mid if isinstance(mid, str) else None,
+    )

@@ -16,9 +16,9 @@ import attrs
 import trio
 
 from ._auth import Authenticator, Identity, SessionChecker, _roles
+from ._backend import FanoutBackend
 from ._channel import ChannelContext, PublishRejected, ServerChannel
 from ._connection import Connection
-from ._fanout import MongoFanout
 from ._history import History, HistoryBook
 from ._origins import check_origin, validate_origins
 from ._registry import Registry
@@ -156,7 +156,7 @@ class Hub:
         *,
         authenticator: Authenticator | None = None,
         config: HubConfig = HubConfig(),
-        fanout: MongoFanout | None = None,
+        fanout: FanoutBackend | None = None,
     ) -> None:
         self.config = config
         self.authenticator = authenticator
@@ -220,7 +220,7 @@ class Hub:
             return None
         return channel.history
 
-    # --- what the fan-out delivers (see MongoFanout) ---------------------------------
+    # --- what the fan-out delivers (see FanoutBackend) ---------------------------------
 
     def start_sequence(self, epoch: str, seq: int) -> None:
         """The shared sequence is ready: offsets are its numbers from now on."""

@@ -37,10 +37,11 @@ from ._auth import Authenticator, MemoryAuthenticator, User
 from ._channel import ServerChannel
 from ._client import Client, Dialer, open_client
 from ._hub import Hub, HubConfig
+from ._memory_fanout import MemoryBus, MemoryFanout
 from ._serve import serve_stream
 from ._util import background_nursery
 
-__all__ = ["Link", "MemoryServer", "Serve", "check_transport", "open_memory_server"]
+__all__ = ["Link", "MemoryBus", "MemoryFanout", "MemoryServer", "Serve", "check_transport", "open_memory_server"]
 
 
 @attrs.define(eq=False)

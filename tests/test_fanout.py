@@ -37,7 +37,7 @@ async def instance(uri: str, database: str, **options: Any) -> AsyncIterator[tup
 
 
 def fanout_of(server: MemoryServer) -> MongoFanout:
-    assert server.hub.fanout is not None
+    assert isinstance(server.hub.fanout, MongoFanout)
     return server.hub.fanout
 
 

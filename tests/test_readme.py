@@ -55,3 +55,9 @@ async def test_app_quickstart(nursery: trio.Nursery) -> None:
         assert (await inbox.receive()).data == {"text": "hi", "from": None}
         bad = await http(f"{urls[0]}/api/_internal/method/chat.sendMessage", {"args": {"room": "lobby", "text": ""}})
         assert (bad.status, bad.headers["x-modelence-error-code"]) == (400, "invalid_arguments")
+
+
+async def test_the_multi_instance_testing_snippet(autojump_clock: trio.testing.MockClock) -> None:
+    namespace: dict[str, Any] = {}
+    exec(compile(readme_block("# several instances in one test"), "README.md", "exec"), namespace)
+    await namespace["test_every_instance_gets_it"](autojump_clock)

@@ -1,0 +1,80 @@
+"""The seam between the hub and a fan-out backend (several instances as one server).
+
+A backend stores each broadcast of this instance under a number of one
+shared sequence and delivers the other instances' broadcasts into the hub
+(the :class:`FanoutSink`), in that order; its :class:`~._sequencer.Sequencer`
+decides about gaps, copies and its own. :class:`~._fanout.MongoFanout` is
+one backend, :class:`~._memory_fanout.MemoryFanout` (several hubs of one
+Trio program, for tests) another; docs/architecture.md says how to add one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn, Protocol
+
+import attrs
+import trio
+
+from ._wire import Outgoing
+
+__all__ = ["FanoutBackend", "FanoutOverflow", "FanoutSink", "FanoutStatistics"]
+
+
+class FanoutSink(Protocol):
+    """What a backend delivers into: the hub."""
+
+    def deliver(self, channel: str, frame: Outgoing) -> int: ...
+
+    def deliver_in_sequence(self, channel: str, data: Any, seq: int) -> None: ...
+
+    def start_sequence(self, epoch: str, seq: int) -> None: ...
+
+
+class FanoutOverflow(RuntimeError):
+    """The broadcast reached local subscribers (in the ordered mode: no one),
+    but not other instances: the backend has been unreachable for so long
+    that the buffer of broadcasts waiting to be stored is full. It is logged
+    and counted as well."""
+
+
+@attrs.frozen
+class FanoutStatistics:
+    pending: int  # broadcasts waiting to be stored
+    stored: int
+    delivered: int  # broadcasts of other instances delivered here
+    skipped: int  # sequence numbers given up on (gaps; see docs/fanout.md)
+    dropped: int  # broadcasts refused because the buffer was full
+    write_failures: int
+    read_failures: int
+    last_seq: int
+
+
+class FanoutBackend(Protocol):
+    """What the hub needs of a fan-out backend.
+
+    ``ordered``: every broadcast, this instance's own included, is delivered
+    from the shared sequence (``deliver_in_sequence``), whose numbers are the
+    messages' offsets, so recovery works across instances; otherwise an
+    instance delivers its own at once and the others' with ``deliver``.
+    """
+
+    ordered: bool
+    #: The shared sequence's name, once ``run`` is ready (offsets carry it).
+    epoch: str | None
+
+    def publish(self, channel: str, frame: str) -> None:
+        """Queue a broadcast (``frame``: its encoded ``message`` frame) for the
+        other instances; raise :class:`FanoutOverflow` when it cannot be held."""
+        ...
+
+    async def run(self, sink: FanoutSink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
+        """Store and read until cancelled; ``task_status.started()`` once the
+        sequence is ready (after ``sink.start_sequence``)."""
+        ...
+
+    async def history(self, channel: str, after: int, upto: int) -> list[tuple[int, Any]] | None:
+        """``channel``'s broadcasts with ``after < seq <= upto`` in order, or
+        ``None`` when some may be gone."""
+        ...
+
+    def statistics(self) -> FanoutStatistics: ...

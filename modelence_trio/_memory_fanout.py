@@ -1,0 +1,118 @@
+"""A fan-out backend in memory: several hubs of one Trio program as one server.
+
+For tests (``modelence_trio.testing``): three hubs sharing one
+:class:`MemoryBus` behave as three instances on one database, with the
+same sequence, gaps, copies and recovery rules as ``MongoFanout`` (the
+:class:`~._sequencer.Sequencer` is shared), under ``MockClock`` and in
+milliseconds. A broadcast is stored at once (there is no outage in memory).
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import json
+import logging
+import secrets
+from typing import Any, NoReturn
+
+import trio
+
+from ._backend import FanoutSink, FanoutStatistics
+from ._sequencer import Sequencer, Stored
+from ._wire import Outgoing
+from .protocol import encode_message
+
+__all__ = ["MemoryBus", "MemoryFanout"]
+
+logger = logging.getLogger("modelence_trio.fanout")
+
+
+class MemoryBus:
+    """The shared sequence of several :class:`MemoryFanout` backends (what a
+    database is to ``MongoFanout``). ``history`` bounds what it keeps."""
+
+    def __init__(self, *, history: int = 10_000) -> None:
+        self.epoch = secrets.token_hex(6)
+        self.stored: list[Stored] = []
+        self.last_seq = 0
+        self._keep = history
+        self._changed = trio.Event()
+
+    def append(self, channel: str, data: Any, origin: str, mid: str) -> int:
+        self.last_seq += 1
+        self.stored.append(Stored(self.last_seq, channel, data, origin, mid))
+        if len(self.stored) > 2 * self._keep:
+            del self.stored[: len(self.stored) - self._keep]
+        self._changed.set()
+        self._changed = trio.Event()
+        return self.last_seq
+
+    def after(self, seq: int, limit: int) -> list[Stored]:
+        start = bisect.bisect_right(self.stored, seq, key=lambda item: item.seq)
+        return self.stored[start : start + limit]
+
+    async def wait_after(self, seq: int) -> None:
+        """Return once something after ``seq`` is stored."""
+        while self.last_seq <= seq:
+            await self._changed.wait()
+
+
+class MemoryFanout:
+    """One hub's backend on a :class:`MemoryBus`; give each hub its own.
+
+    Example (three instances in one test)::
+
+        bus = MemoryBus()
+        hubs = [Hub([chat], fanout=MemoryFanout(bus)) for _ in range(3)]
+    """
+
+    def __init__(self, bus: MemoryBus, *, ordered: bool = False, batch_size: int = 500) -> None:
+        self.bus = bus
+        self.ordered = ordered
+        self.epoch: str | None = None
+        self.origin = secrets.token_hex(8)
+        self.batch_size = batch_size
+        self._sequence = Sequencer(self.origin, ordered=ordered, gap_timeout=0.0)
+        self._ids = itertools.count()
+        self._stored = self._delivered = self._skipped = 0
+
+    def publish(self, channel: str, frame: str) -> None:
+        data = json.loads(frame)["data"]  # stored as data, as a database would
+        self.bus.append(channel, data, self.origin, f"{self.origin}-{next(self._ids)}")
+        self._stored += 1
+
+    async def run(self, sink: FanoutSink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
+        self.epoch = self.bus.epoch
+        self._sequence.start(self.bus.last_seq)
+        sink.start_sequence(self.bus.epoch, self.bus.last_seq)
+        task_status.started()
+        sequence = self._sequence
+        while True:
+            await self.bus.wait_after(sequence.last_seq)
+            step = sequence.feed(self.bus.after(sequence.last_seq, self.batch_size), trio.current_time())
+            self._skipped += step.skipped
+            for item in step.deliver:
+                try:
+                    if self.ordered:
+                        sink.deliver_in_sequence(item.channel, item.data, item.seq)
+                    else:
+                        sink.deliver(item.channel, Outgoing.from_text(encode_message(item.channel, item.data)))
+                except (TypeError, ValueError):
+                    logger.exception("fan-out: cannot encode the broadcast with sequence %s; skipped", item.seq)
+                    continue
+                self._delivered += 1
+            await trio.lowlevel.checkpoint()
+
+    async def history(self, channel: str, after: int, upto: int) -> list[tuple[int, Any]] | None:
+        stored = self.bus.stored
+        if not stored or stored[0].seq > after + 1:
+            return None  # what followed ``after`` is no longer kept
+        return [
+            (item.seq, item.data)
+            for item in self.bus.after(after, len(stored))
+            if item.seq <= upto and item.channel == channel
+        ]
+
+    def statistics(self) -> FanoutStatistics:
+        return FanoutStatistics(0, self._stored, self._delivered, self._skipped, 0, 0, 0, self._sequence.last_seq)
