@@ -6,8 +6,10 @@ Playwright drives it without downloading a browser of its own.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -177,3 +179,93 @@ def test_the_browser_client_publishes(browser: Browser, server: CliServer) -> No
     first, second = page.evaluate(outcome)
     assert first.startswith("not_joined")  # this page never joined chat:elsewhere
     assert second.startswith("publish_not_allowed")  # joined, but the channel has no on_message
+
+
+# --- the shared client vectors (tests/vectors/client.json), in the browser client ----------
+
+_FAKE_SOCKET = """
+window.__sockets = [];
+window.__records = [];
+window.WebSocket = class {
+  constructor(url) { this.url = String(url); this.sent = []; this.readyState = 0; window.__sockets.push(this); }
+  send(text) { this.sent.push(text); }
+  close() { this.readyState = 3; }
+};
+"""
+
+
+def test_the_browser_client_passes_the_shared_vectors(browser: Browser) -> None:
+    from pathlib import Path
+
+    from .test_client_vectors import VECTORS, WELCOME
+
+    source = (Path(__file__).resolve().parent.parent / "modelence_trio" / "client" / "modelence.js").read_text()
+    for vector in VECTORS:
+        page = browser.new_context().new_page()
+        page.set_default_timeout(TIMEOUT)
+        page.add_init_script(_FAKE_SOCKET)
+        page.goto("about:blank")
+        page.evaluate(
+            """async (source) => {
+                const url = URL.createObjectURL(new Blob([source], { type: "text/javascript" }));
+                const client = await import(url);
+                window.__client = client;
+                const record = (data, { channel }) => __records.push(["message", channel, data]);
+                const chat = new client.ClientChannel("chat", record);
+                window.__chat = chat;
+                client.startWebsockets({
+                    url: "ws://vectors.invalid/ws", channels: [chat], pingInterval: 1e9,
+                    backoff: { initial: 1, factor: 1, maximum: 1 },
+                    onRecoveryFailed: (channel) => __records.push(["recovery_failed", channel]),
+                });
+            }""",
+            source,
+        )
+        try:
+            _run_vector_in_page(page, vector, WELCOME)
+        except Exception as exc:
+            raise AssertionError(f"vector {vector['name']!r}: {exc}") from exc
+        page.context.close()
+
+
+def _run_vector_in_page(page: Page, vector: dict[str, Any], welcome: dict[str, Any]) -> None:
+    name = vector["name"]
+    sockets = 0  # connections opened so far
+    read = 0  # frames of the current socket read
+    ref: Any = None
+    seen = 0
+    for step in vector["steps"]:
+        if "connect" in step:
+            page.wait_for_function("n => __sockets.length > n", arg=sockets)
+            sockets += 1
+            read = 0
+            page.evaluate(
+                "w => { const s = __sockets.at(-1); s.readyState = 1; s.onmessage({ data: JSON.stringify(w) }); }",
+                welcome,
+            )
+        elif "do" in step:
+            call = {"join": "joinChannel(id)", "leave": "leaveChannel(id)", "publish": "publishToChannel(id, data)"}
+            settled = json.dumps(step["do"] == "publish")
+            script = f"""([id, data]) => {{ __chat.{call[step["do"]]}.then(
+                () => {settled} && __records.push(["settled", "publish", "chat:" + id, null]),
+                () => {{}}); }}"""
+            page.evaluate(script, [step["channel"].removeprefix("chat:"), step.get("data")])
+        elif "expect" in step:
+            page.wait_for_function("n => __sockets.at(-1).sent.length > n", arg=read)
+            frame = json.loads(page.evaluate("n => __sockets.at(-1).sent[n]", read))
+            read += 1
+            ref = frame.pop("ref", None)
+            assert frame == step["expect"], name
+        elif "reply" in step or "push" in step:
+            frame = {**step["reply"], "ref": ref} if "reply" in step else step["push"]
+            page.evaluate("f => __sockets.at(-1).onmessage({ data: JSON.stringify(f) })", frame)
+        elif "callback" in step:
+            page.wait_for_function("n => __records.length > n", arg=seen)
+            assert page.evaluate("n => __records[n]", seen) == step["callback"], name
+            seen += 1
+        elif "drop" in step:
+            page.evaluate("() => { const s = __sockets.at(-1); s.readyState = 3; s.onclose({ code: 1011 }); }")
+        elif "quiet" in step:
+            page.wait_for_timeout(200)
+            assert page.evaluate("() => __sockets.at(-1).sent.length") == read, f"{name}: the client sent more"
+    assert page.evaluate("() => __records.length") == seen, name
