@@ -15,13 +15,13 @@ import trio_websocket
 from typing_extensions import TypeVar
 
 from ._channel import MAX_ID_LENGTH_CEILING
+from ._client_state import ChannelBook, Rejoined
 from ._util import Backoff, background_nursery
 from .protocol import (
     ClientFrame,
     Error,
     ErrorCode,
     Join,
-    Joined,
     JoinError,
     Leave,
     Left,
@@ -30,7 +30,6 @@ from .protocol import (
     ProtocolError,
     Publish,
     ServerFrame,
-    Since,
     Welcome,
     encode,
     parse_server_frame,
@@ -193,11 +192,10 @@ class Client:
         self._heartbeat_timeout = heartbeat_timeout
         self._on_join_error = on_join_error
         self._on_recovery_failed = on_recovery_failed
-        #: The last position seen per joined channel (from ``joined`` or a message).
-        self._positions: dict[str, Since] = {}
+        #: The joined channels and their positions, and what re-join answers mean (sans-IO).
+        self._book = ChannelBook()
         self._refs = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
-        self._joined: set[str] = set()
         self._ws: trio_websocket.WebSocketConnection | None = None
         self._connected = trio.Event()
         self._inbox: (
@@ -218,7 +216,7 @@ class Client:
     @property
     def joined(self) -> frozenset[str]:
         """Channels this client has joined and will re-join after a reconnect."""
-        return frozenset(self._joined)
+        return self._book.joined
 
     async def wait_connected(self) -> None:
         """Wait until a connection is up (returns at once if it is)."""
@@ -235,16 +233,13 @@ class Client:
         reply = await self._request(lambda ref: Join(channel, ref), retry=True)
         if isinstance(reply, JoinError):
             raise JoinRefused(channel, reply.code, reply.error)
-        if channel not in self._joined and isinstance(reply, Joined):
-            self._remember(channel, reply.offset, reply.epoch)
-        self._joined.add(channel)
+        self._book.joined_now(channel, reply)
 
     async def leave(self, channel: str) -> None:
         """Leave ``channel``; once this returns no more of its messages arrive.
         While disconnected it returns at once: the channel is not re-joined."""
         _check_name(channel)
-        self._joined.discard(channel)
-        self._positions.pop(channel, None)
+        self._book.leave(channel)
         if self._ws is None:
             return
         await self._request(lambda ref: Leave(channel, ref), retry=True)
@@ -294,7 +289,7 @@ class Client:
                         started = True
                         task_status.started(None)
                     # Snapshot now: joins made from here on are the callers' own.
-                    nursery.start_soon(self._rejoin, sorted(self._joined))
+                    nursery.start_soon(self._rejoin, self._book.rejoin_plan())
                     if self._heartbeat_interval is not None:
                         nursery.start_soon(self._heartbeat, nursery.cancel_scope)
                     await self._read_loop()
@@ -347,30 +342,24 @@ class Client:
         if self._inbox is not None:
             self._inbox[0].close()
 
-    async def _rejoin(self, channels: list[str]) -> None:
+    async def _rejoin(self, plan: list[Join]) -> None:
         """Join again after a reconnect, asking for what was missed (``since``)."""
-        for channel in channels:
-            since = self._positions.get(channel)
+        for join in plan:
             try:
-                reply = await self._request(functools.partial(Join, channel, since=since), retry=False)
+                reply = await self._request(functools.partial(Join, join.channel, since=join.since), retry=False)
             except ClientError:
                 return  # disconnected again (the next connection re-joins) or closed
-            if isinstance(reply, JoinError):
-                self._joined.discard(channel)
-                self._positions.pop(channel, None)
-                refusal = JoinRefused(channel, reply.code, reply.error)
+            outcome = self._book.rejoined(join, reply)
+            if outcome is Rejoined.REFUSED and isinstance(reply, JoinError):
+                refusal = JoinRefused(join.channel, reply.code, reply.error)
                 logger.warning("re-join refused: %s", refusal)
                 if self._on_join_error is not None:
                     self._on_join_error(refusal)
-            elif isinstance(reply, Joined) and since is None:
-                # A position right away, for a channel that gets no message before the next drop.
-                self._remember(channel, reply.offset, reply.epoch)
-            elif isinstance(reply, Joined) and reply.recovered is not True:
+            elif outcome is Rejoined.GAP:
                 # The replay (if any) is already in order in the inbox; this says there is a gap before it.
-                logger.warning("messages missed on %s while disconnected could not be recovered", channel)
-                self._remember(channel, reply.offset, reply.epoch)
+                logger.warning("messages missed on %s while disconnected could not be recovered", join.channel)
                 if self._on_recovery_failed is not None:
-                    self._on_recovery_failed(channel)
+                    self._on_recovery_failed(join.channel)
 
     async def _heartbeat(self, cancel_scope: trio.CancelScope) -> None:
         assert self._heartbeat_interval is not None
@@ -411,19 +400,13 @@ class Client:
                 pending.reply = frame
                 pending.event.set()
             elif isinstance(frame, Left):  # the server removed us (access revoked): do not re-join
-                self._joined.discard(frame.channel)
-                self._positions.pop(frame.channel, None)
+                self._book.left_by_server(frame)
                 logger.warning("left %s: %s", frame.channel, frame.reason)
             elif isinstance(frame, Error):
                 logger.warning("server error: %s: %s", frame.code, frame.error)
 
-    def _remember(self, channel: str, offset: int | None, epoch: str | None) -> None:
-        if offset is not None and epoch is not None:
-            self._positions[channel] = Since(offset, epoch)
-
     async def _dispatch(self, frame: Message) -> None:
-        if frame.channel in self._joined:
-            self._remember(frame.channel, frame.offset, frame.epoch)
+        self._book.message(frame)
         message: ClientMessage[Any] = ClientMessage(frame.channel, frame.data)
         channel = self._channels.get(message.category)
         if channel is not None and channel.on_message is not None:
