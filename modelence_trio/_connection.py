@@ -89,9 +89,27 @@ class Connection:
             self.writing = True
             self.nursery.start_soon(self._write)
 
-    def ping(self) -> None:
-        self.pong = self.transport.ping_nowait()
-        self.kick()  # the ping may be waiting in the transport
+    def ping_round(self, now: float, timeout: float) -> None:
+        """The hub's heartbeat round: ping, unless a ping is still unanswered
+        (its deadline, ``check_pong``, decides)."""
+        if self.pong is None or self.pong():
+            self.pong = self.transport.ping_nowait()
+            self.kick()  # the ping may be waiting in the transport
+            self.ping_deadline = now + timeout if self.pong is not None else math.inf
+
+    def check_pong(self, now: float) -> None:
+        """At the pong's deadline: answered, or the connection ends (4003)."""
+        if self.pong is not None and self.ping_deadline <= now:
+            if self.pong():
+                self.pong, self.ping_deadline = None, math.inf
+            else:
+                self.fail(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout: no pong")
+
+    def peer_closed(self) -> None:
+        """The transport's reading ended with the peer's close; unless we are
+        failing it (which still owes a close frame), nothing more is owed."""
+        if self.close_reason is None:
+            self.closed = True
 
     def fail(self, code: int, reason: str) -> None:
         """Stop all delivery now and end the connection; the socket is then

@@ -375,17 +375,11 @@ class Hub:
                 await trio.sleep_until(min(next_round, deadline))
                 now = trio.current_time()
                 for conn in list(self._connections):
-                    if conn.pong is not None and conn.ping_deadline <= now:
-                        if conn.pong():
-                            conn.pong, conn.ping_deadline = None, math.inf
-                        else:
-                            conn.fail(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout: no pong")
+                    conn.check_pong(now)
                 if now >= next_round:
                     break
             for conn in list(self._connections):
-                if conn.pong is None or conn.pong():
-                    conn.ping()
-                    conn.ping_deadline = now + timeout if conn.pong is not None else math.inf
+                conn.ping_round(now, timeout)
 
     def statistics(self) -> HubStatistics:
         stats = self._registry.statistics()
@@ -493,8 +487,7 @@ class Hub:
             conn.begin_shutdown()
         try:
             await transport.run(functools.partial(self._handle, conn))
-            if conn.close_reason is None:
-                conn.closed = True  # the peer closed (not us failing it: that still owes a close frame)
+            conn.peer_closed()
         finally:
             self._registry.drop(conn)
             self._connections.discard(conn)
