@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from . import _hypercorn
-from ._connect import connection_nursery, serve_request
+from ._connect import ServedConnections, connection_nursery, serve_request
 from ._hub import Hub, HubConfig
 from ._transport import SendResult, TransportClosed
 from ._wire import Outgoing
@@ -93,9 +93,11 @@ class AsgiTransport:
         """Write ``frames``; a frame is never cut short by cancellation.
 
         The server's stream cannot say how much of a cancelled write went
-        out, so writes are shielded; :meth:`close` gives one under way
-        ``close_timeout`` to finish. One that does not is torn: the
-        connection then ends without a close frame (TCP aborted).
+        out, and hypercorn shields its socket writes anyway, so a write is
+        never cancelled. Once the connection is ending, one under way gets
+        ``close_timeout`` to finish; then a watchdog aborts TCP (under
+        hypercorn: the blocked write fails at once) and the connection ends
+        without a close frame.
         """
         async with self._lock:
             if self._closed or self._torn or (self._fast is not None and self._fast.closed):
@@ -107,19 +109,35 @@ class AsgiTransport:
                     await self._write(self._send({"type": "websocket.send", "text": frame.text}))
 
     async def _write(self, write: Awaitable[None]) -> None:
-        with trio.CancelScope(shield=True) as scope:
-            self._writing = scope
-            if self._ending:
-                scope.deadline = trio.current_time() + self._close_timeout
-            await write
-        self._writing = None
-        if scope.cancelled_caught:
-            self._torn = True  # no close frame can follow: abort TCP (only possible under hypercorn)
-            if self._fast is not None:
-                with trio.CancelScope(shield=True):
-                    await self._fast.abort()
+        # The watchdog's scope is shielded: only its own deadline (set by
+        # _bound_writes once the connection ends) or the write's end stops it.
+        watch = trio.CancelScope(shield=True)
+        if self._ending:
+            watch.deadline = trio.current_time() + self._close_timeout
+        done: list[bool] = []
+        async with trio.open_nursery() as nursery:
+            self._writing = watch
+            nursery.start_soon(self._watchdog, watch, done)
+            with trio.CancelScope(shield=True):
+                try:
+                    await write
+                finally:
+                    done.append(True)
+                    self._writing = None
+                    watch.cancel()
+        if self._torn:
             raise TransportClosed("a write did not finish within close_timeout")
         await trio.lowlevel.checkpoint_if_cancelled()
+
+    async def _watchdog(self, watch: trio.CancelScope, done: list[bool]) -> None:
+        with watch:
+            await trio.sleep_forever()
+        if done:
+            return  # the write finished
+        self._torn = True  # no close frame can follow: abort TCP (under hypercorn; plain ASGI cannot)
+        if self._fast is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(self._close_timeout):
+                await self._fast.abort()
 
     def send_nowait(self, wire: bytes) -> SendResult:
         return SendResult.QUEUE  # every send goes through the server's framing
@@ -173,17 +191,17 @@ async def serve_asgi_websocket(hub: Hub, scope: Scope, receive: Receive, send: S
     if (await receive())["type"] != "websocket.connect":
         return
     request = AsgiRequest(scope, receive, send, hub.config)
-    served: set[trio.Nursery] = set()
+    served = ServedConnections()
     async with trio.open_nursery() as guard, connection_nursery(hub) as connection:
 
         async def end_politely_when_cancelled() -> None:
             try:
                 await trio.sleep_forever()
             finally:
-                if served:
-                    for nursery in served:
-                        hub.shut_down_connection(nursery)
-                else:  # not accepted yet: nothing to flush
+                if served.nurseries:
+                    served.stop(hub)
+                else:  # not being served (yet): nothing to flush
+                    served.stopping = True
                     connection.cancel_scope.cancel()
 
         guard.start_soon(end_politely_when_cancelled)

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Protocol
 import trio
 
 from ._transport import Transport
-from .protocol import HandshakeRejected
+from .protocol import CloseCode, HandshakeRejected
 
 if TYPE_CHECKING:
     from ._hub import Hub
 
-__all__ = ["ConnectionRequest", "connection_nursery", "serve_request"]
+__all__ = ["ConnectionRequest", "ServedConnections", "connection_nursery", "serve_request"]
 
 
 class ConnectionRequest(Protocol):
@@ -65,29 +65,49 @@ async def connection_nursery(hub: Hub) -> AsyncIterator[trio.Nursery]:
             nursery.cancel_scope.cancel()
 
 
-async def serve_request(hub: Hub, request: ConnectionRequest, connections: set[trio.Nursery] | None = None) -> None:
-    """Authenticate ``request``, refuse it with its HTTP status or accept it,
-    and serve the connection until it ends.
+async def serve_request(hub: Hub, request: ConnectionRequest, served: ServedConnections | None = None) -> None:
+    """Admit ``request`` (``Hub.admit``: origin, limits, token), refuse it
+    with its HTTP status or accept it, and serve the connection until it ends.
 
     The hub's part of the connection runs in a nursery of its own, inside
     the transport's (:func:`connection_nursery`): cancelling it ends the
     connection while the transport's reader still sees the peer's answer to
-    the close frame. ``connections`` (the server's) holds that nursery while
-    the connection is served, so a server can end just its own connections
-    (``Hub.shut_down_connection``).
+    the close frame. ``served`` (the server's) holds that nursery while the
+    connection is served, so a server can end just its own connections.
     """
+    if served is not None and served.stopping:
+        await request.reject(503, "server shutting down")
+        return
     try:
-        identity = await hub.authenticate(request.target, request.headers, request.client)
+        async with hub.admit(request.target, request.headers, request.client) as identity:
+            transport = await request.accept()
+            if served is not None and served.stopping:  # the server stopped while this one was admitted
+                with trio.move_on_after(hub.config.close_timeout):
+                    await transport.close(CloseCode.GOING_AWAY, "server shutting down")
+                return
+            async with trio.open_nursery() as nursery:
+                if served is not None:
+                    served.nurseries.add(nursery)
+                try:
+                    await hub.serve_connection(transport, identity, nursery)
+                finally:
+                    if served is not None:
+                        served.nurseries.discard(nursery)
+                nursery.cancel_scope.cancel()
     except HandshakeRejected as exc:
         await request.reject(exc.status, exc.reason)
-        return
-    transport = await request.accept()
-    async with trio.open_nursery() as nursery:
-        if connections is not None:
-            connections.add(nursery)
-        try:
-            await hub.serve_connection(transport, identity, nursery, request.client)
-        finally:
-            if connections is not None:
-                connections.discard(nursery)
-        nursery.cancel_scope.cancel()
+
+
+class ServedConnections:
+    """One server's connections, so that stopping the server ends them alone
+    (the hub and its other servers go on)."""
+
+    def __init__(self) -> None:
+        self.nurseries: set[trio.Nursery] = set()
+        self.stopping = False
+
+    def stop(self, hub: Hub) -> None:
+        """Refuse new ones (503), and end each served one as a shutdown would (flush, 1001)."""
+        self.stopping = True
+        for nursery in list(self.nurseries):
+            hub.shut_down_connection(nursery)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import itertools
 import logging
 import math
 import secrets
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any, NoReturn
 
 import attrs
@@ -170,7 +171,8 @@ class Hub:
         self._registry = Registry()
         self._histories = HistoryBook()
         self._connections: set[Connection] = set()
-        self._per_address: collections.Counter[str] = collections.Counter()
+        self._per_address: collections.Counter[str] = collections.Counter()  # admitted, by client address
+        self._admitted = 0  # handshakes admitted (being authenticated, accepted or served)
         self._max_connections = config.max_connections  # clamped to the open-file limit by run()
         #: The Trio run this hub runs in, while it runs: how broadcasts from other threads reach it.
         self.trio_token: trio.lowlevel.TrioToken | None = None
@@ -401,19 +403,43 @@ class Hub:
                 503 when full, shutting down, or if the authenticator failed.
                 The transport answers with that HTTP status.
         """
+        headers = list(headers)
+        self._check_admission(headers, client)
+        return await self.identify(token_from_request(target, headers))
+
+    @contextlib.asynccontextmanager
+    async def admit(
+        self, target: str, headers: Iterable[tuple[bytes, bytes]], client: str | None = None
+    ) -> AsyncIterator[Identity]:
+        """:meth:`authenticate`, holding the handshake's place in the
+        connection limits from the check until the block ends, so that
+        handshakes arriving together cannot all pass it (what transports use)."""
+        headers = list(headers)
+        self._check_admission(headers, client)
+        self._admitted += 1
+        if client is not None:
+            self._per_address[client] += 1
+        try:
+            yield await self.identify(token_from_request(target, headers))
+        finally:
+            self._admitted -= 1
+            if client is not None:
+                self._per_address[client] -= 1
+                if not self._per_address[client]:
+                    del self._per_address[client]
+
+    def _check_admission(self, headers: list[tuple[bytes, bytes]], client: str | None) -> None:
         if self._stopping:
             raise HandshakeRejected(503, "server shutting down")
-        headers = list(headers)
         refusal = check_origin(headers, self.config.allowed_origins)
         if refusal is not None:
             raise HandshakeRejected(403, refusal)
         limit = self._max_connections
-        if limit is not None and len(self._connections) >= limit:
+        if limit is not None and max(self._admitted, len(self._connections)) >= limit:
             raise HandshakeRejected(503, "server full: too many connections")
         per_address = self.config.max_connections_per_address
         if per_address is not None and client is not None and self._per_address[client] >= per_address:
             raise HandshakeRejected(429, "too many connections from this address")
-        return await self.identify(token_from_request(target, headers))
 
     async def identify(self, token: str | None) -> Identity:
         """Resolve a session token (``None``: none presented) to an identity
@@ -450,20 +476,18 @@ class Hub:
 
     # --- one connection -----------------------------------------------------------
 
-    async def serve_connection(
-        self, transport: Transport, identity: Identity, nursery: trio.Nursery, address: str | None = None
-    ) -> None:
+    async def serve_connection(self, transport: Transport, identity: Identity, nursery: trio.Nursery) -> None:
         """Run one accepted connection until the peer leaves or the connection ends.
 
         Args:
             transport: the accepted WebSocket.
-            identity: what :meth:`authenticate` resolved for its handshake.
-            nursery: the connection's own nursery, owned by the transport (it
-                also holds the transport's own tasks). A writer task runs there
-                when the socket cannot take frames at once; cancelling it ends
-                the connection. Transports open it under
-                :meth:`shield_connection`, so that a shutdown flushes the queue
-                and closes with 1001 instead of cutting a write short.
+            identity: what :meth:`admit` resolved for its handshake.
+            nursery: the hub's nursery for this connection (``serve_request``
+                opens it inside the transport's, which is under
+                :meth:`shield_connection`). A writer task runs there when the
+                socket cannot take frames at once; cancelling it ends the
+                connection, while the transport's reader, outside it, still
+                sees the peer's answer to the close frame.
 
         This task reads; on the way out every subscription is removed.
         """
@@ -479,8 +503,6 @@ class Hub:
             session=Session(self._session_limits()),
         )
         self._connections.add(conn)
-        if address is not None:
-            self._per_address[address] += 1
         user = identity.user.to_wire() if identity.user is not None else None
         conn.reply(Welcome(conn.id, user, identity.roles))
         if self._stopping:
@@ -491,10 +513,6 @@ class Hub:
         finally:
             self._registry.drop(conn)
             self._connections.discard(conn)
-            if address is not None:
-                self._per_address[address] -= 1
-                if not self._per_address[address]:
-                    del self._per_address[address]
             if conn.failed and not conn.closed and conn.close_reason is not None:
                 # Failed (slow consumer, heartbeat, ...): a best-effort close frame.
                 with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):

@@ -40,7 +40,9 @@ TESTED = (0, 17), (0, 18)  # the minor versions whose internals this module was 
 ENABLED = os.environ.get("MODELENCE_TRIO_PUBLIC_API", "") in ("", "0")
 
 try:  # the internals used below; any difference means the public path
+    from hypercorn.events import Closed
     from hypercorn.protocol.events import Data, StreamClosed
+    from hypercorn.protocol.h11 import H11Protocol
     from hypercorn.protocol.ws_stream import ASGIWebsocketState, FrameTooLargeError, WebsocketBuffer, WSStream
 
     _import_problem = None
@@ -142,9 +144,19 @@ class HypercornStream:
         return bool(self._stream.closed)
 
     async def abort(self) -> None:
-        """Close TCP now, without a close frame (a write was cut short)."""
+        """Close TCP now, without a close frame: a write did not finish.
+
+        Over HTTP/1.1 the stream's protocol hands ``Closed`` to the TCP
+        server, which closes the socket at once (a blocked write then
+        fails); it takes no lock and puts nothing in the app's queue. Other
+        protocols get ``StreamClosed``, which closes the stream.
+        """
         self._buffer.stop()
-        await self._stream.send(StreamClosed(stream_id=self._stream.stream_id))
+        protocol = getattr(self._stream.send, "__self__", None)
+        if isinstance(protocol, H11Protocol):
+            await protocol.send(Closed())
+        else:
+            await self._stream.send(StreamClosed(stream_id=self._stream.stream_id))
 
     async def write(self, data: bytes) -> None:
         """Write encoded frames (whole ones) through hypercorn's stream writer."""

@@ -9,7 +9,7 @@ from typing import NoReturn
 import trio
 
 from . import _trio_websocket
-from ._connect import connection_nursery, serve_request
+from ._connect import ServedConnections, connection_nursery, serve_request
 from ._hub import Hub
 
 __all__ = ["serve_stream", "serve_websocket"]
@@ -39,20 +39,19 @@ async def serve_websocket(
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound: int = listeners[0].socket.getsockname()[1]
-    connections: set[trio.Nursery] = set()
+    served = ServedConnections()
 
     async def shut_down_connections_when_cancelled() -> None:
         try:
             await trio.sleep_forever()
         finally:
-            for connection in list(connections):
-                hub.shut_down_connection(connection)
+            served.stop(hub)  # and handshakes still under way are refused
 
     async with trio.open_nursery() as nursery:
         if not hub.running:
             await nursery.start(hub.run)
         nursery.start_soon(shut_down_connections_when_cancelled)
-        handler = partial(serve_stream, hub, connections=connections)
+        handler = partial(serve_stream, hub, served=served)
         await nursery.start(partial(trio.serve_listeners, handler, listeners, handler_nursery=handler_nursery))
         logger.info("modelence-trio listening on ws://%s:%d", host or "0.0.0.0", bound)
         task_status.started(bound)
@@ -60,19 +59,19 @@ async def serve_websocket(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def serve_stream(hub: Hub, stream: trio.abc.Stream, *, connections: set[trio.Nursery] | None = None) -> None:
+async def serve_stream(hub: Hub, stream: trio.abc.Stream, *, served: ServedConnections | None = None) -> None:
     """Run the WebSocket handshake on ``stream`` and then the hub's connection core.
 
     The connection's nursery (:func:`connection_nursery`) holds
     trio-websocket's reader task; :func:`serve_request` does the rest.
     Errors are logged and contained: one broken connection never takes down
-    the server. ``connections`` is the server's (see ``serve_request``).
+    the server. ``served`` is the server's (see ``serve_request``).
     """
     try:
         async with connection_nursery(hub) as nursery:
             request = await _trio_websocket.open_request(hub.config, nursery, stream, peer_address(stream))
             if request is not None:
-                await serve_request(hub, request, connections)
+                await serve_request(hub, request, served)
     except Exception:
         logger.exception("connection failed")
     finally:

@@ -122,13 +122,21 @@ class FrameSafeStream(trio.abc.Stream):
         starts at a frame boundary. A stream without a trio socket (TLS, an
         in-memory stream) cannot say how much it wrote: cancelled inside a
         write, it is torn, and refuses every later write (no close frame
-        then, rather than one inside a frame).
+        then, rather than one inside a frame). Bytes added to the backlog while it writes (a ping, from
+        ``try_send``'s callers) go out before it returns.
         """
-        if self.torn:
-            raise trio.BrokenResourceError("a write was cut short; the stream has no frame boundary")
-        if self.backlog:
-            frames = [self.backlog, *frames]
-            self.backlog = b""
+        while True:
+            if self.torn:
+                raise trio.BrokenResourceError("a write was cut short; the stream has no frame boundary")
+            if self.backlog:
+                frames = [self.backlog, *frames]
+                self.backlog = b""
+            if not frames:
+                return
+            await self._write(frames)
+            frames = []
+
+    async def _write(self, frames: Sequence[bytes]) -> None:
         sock = self._trio_sock
         if sock is None:
             for frame in frames:
@@ -150,7 +158,8 @@ class FrameSafeStream(trio.abc.Stream):
             for frame in frames:
                 end += len(frame)
                 if end > sent:
-                    self.backlog = bytes(data[sent:end])  # the rest of the frame under way, no more
+                    # The rest of the frame under way, no more; ahead of anything queued meanwhile.
+                    self.backlog = bytes(data[sent:end]) + self.backlog
                     break
             raise
 

@@ -383,3 +383,66 @@ async def test_a_failing_authenticator_does_not_log_the_token(caplog: pytest.Log
     text = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
     assert "KeyError" in text and "authenticate" in text  # where it failed is logged
     assert "secret-token-42" not in text
+
+
+class _SlowAuthenticator:
+    """Takes its time, so that handshakes arriving together overlap."""
+
+    async def authenticate(self, token: str) -> Identity | None:
+        await trio.sleep(1.0)
+        return Identity(User(token, token), None, ())
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_simultaneous_handshakes_cannot_pass_the_limits_together(nursery: trio.Nursery, transport: str) -> None:
+    config = HubConfig(max_connections=3, max_connections_per_address=None, heartbeat_interval=None)
+    url, _ = await start_server(
+        nursery, transport, [ServerChannel("chat")], authenticator=_SlowAuthenticator(), config=config
+    )
+    statuses: list[int] = []
+
+    async def one(n: int) -> None:
+        statuses.append(await _quiet_handshake(url, [(b"Authorization", f"Bearer u{n}".encode())]))
+
+    async with trio.open_nursery() as handshakes:
+        for n in range(20):
+            handshakes.start_soon(one, n)
+    assert sorted(statuses) == [101] * 3 + [503] * 17
+    per_address = HubConfig(max_connections_per_address=2, heartbeat_interval=None)
+    url, _ = await start_server(
+        nursery, transport, [ServerChannel("chat")], authenticator=_SlowAuthenticator(), config=per_address
+    )
+    statuses.clear()
+    async with trio.open_nursery() as handshakes:
+        for n in range(10):
+            handshakes.start_soon(one, n)
+    assert sorted(statuses) == [101] * 2 + [429] * 8
+
+
+async def test_a_handshake_under_way_when_its_server_stops_is_refused(nursery: trio.Nursery) -> None:
+    from modelence_trio import Hub, serve_websocket
+
+    hub = Hub([ServerChannel("chat")], config=HubConfig(heartbeat_interval=None))
+    await nursery.start(hub.run)  # shared: the server does not own it
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as server:
+            port = await server.start(serve_websocket, hub, "127.0.0.1", 0)
+            stream = await trio.open_tcp_stream("127.0.0.1", port)  # connected, handshake not sent yet
+            await trio.sleep(0.1)
+            scope.cancel()
+            import wsproto
+            from wsproto.events import RejectConnection, Request
+
+            client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+            await stream.send_all(client.send(Request(host=f"127.0.0.1:{port}", target="/ws")))
+            status = None
+            with trio.CancelScope(shield=True), trio.fail_after(5):
+                while status is None:
+                    data = await stream.receive_some(65536)
+                    assert data, "closed without an answer"
+                    client.receive_data(data)
+                    for event in client.events():
+                        if isinstance(event, RejectConnection):
+                            status = event.status_code
+            assert status == 503
+    assert hub.running and hub.statistics().connections == 0

@@ -267,14 +267,78 @@ async def test_a_consumer_that_never_reads_is_aborted_not_corrupted(nursery: tri
     while hub.statistics().subscriptions and sent < 20_000:
         chat.broadcast("big", {"i": sent, "pad": pad})
         sent += 1
-        if sent % 10 == 0:
-            await trio.sleep(0)
+        await trio.sleep(0.001)  # steadily: the socket fills before the queue overflows
     assert hub.statistics().subscriptions == 0, "never cut off"
     with trio.fail_after(15):
         while hub.statistics().connections:
             await trio.sleep(0.05)  # the server gave up within close_timeout
+    await trio.sleep(2)  # well past close_timeout: the write under way must have been abandoned
     await client.read_until(lambda: False)  # now read all that is buffered, to EOF
     assert client.eof
     assert client.closes in ([], [4002])
     messages = [json.loads(text) for text in client.texts[2:]]
     assert [m["data"]["i"] for m in messages] == list(range(len(messages)))
+
+
+async def test_pings_crossing_pongs_never_break_a_connection(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Server heartbeats every 20 ms while clients ping the server as fast as
+    # they can: the server's pongs and pings meet in the send path.
+    from wsproto.events import Ping
+
+    config = HubConfig(heartbeat_interval=0.02, heartbeat_timeout=5)
+    url, _ = await start_server(nursery, "trio-websocket", [ServerChannel("chat")], config=config)
+
+    async def client() -> None:
+        c = await RawClient.connect(url)
+        lock = trio.Lock()
+
+        async def pinger() -> None:
+            while True:
+                async with lock:
+                    await c.stream.send_all(c.ws.send(Ping(b"x")))
+                await trio.sleep(0.001)
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(pinger)
+            with trio.move_on_after(2):
+                while True:
+                    data = await c.stream.receive_some(65536)
+                    assert data, "the server closed the connection"
+                    c.ws.receive_data(data)
+                    for event in c.ws.events():
+                        if isinstance(event, Ping):
+                            async with lock:
+                                await c.stream.send_all(c.ws.send(event.response()))
+            inner.cancel_scope.cancel()
+
+    async with trio.open_nursery() as clients:
+        for _ in range(20):
+            clients.start_soon(client)
+    assert not [r for r in caplog.records if r.exc_info], "a connection failed"
+
+
+async def test_a_heartbeat_ping_queued_during_a_write_is_sent(nursery: trio.Nursery) -> None:
+    # A burst is being written (the socket full) when the heartbeat round
+    # comes; then the connection goes idle. The ping must still go out, or
+    # the healthy client is dropped with 4003.
+    chat: ServerChannel[Any] = ServerChannel("chat", history=None)
+    config = HubConfig(
+        heartbeat_interval=1.0, heartbeat_timeout=2.0, outbound_queue_bytes=64 << 20, outbound_queue_size=100_000
+    )
+    url, hub = await start_server(nursery, "trio-websocket", [chat], config=config)
+    started = trio.current_time()
+    client = await RawClient.connect(url)
+    await client.send_text('{"type":"join","channel":"chat:big"}')
+    await client.read_until(lambda: len(client.texts) >= 2)
+    pad = "z" * 100_000
+    await trio.sleep_until(started + 0.8)
+    for i in range(60):
+        chat.broadcast("big", {"i": i, "pad": pad})
+    await trio.sleep_until(started + 1.5)  # the writer is blocked on the full socket at the round
+    await client.read_until(lambda: len(client.texts) >= 62)
+    with trio.move_on_after(4):
+        await client.read_until(lambda: False, timeout=5)  # idle; read_until answers pings
+    assert client.closes == [] and not client.eof
+    assert hub.statistics().connections == 1
