@@ -34,13 +34,19 @@ Send = Callable[[Message], Awaitable[None]]
 class AsgiTransport:
     """An ASGI WebSocket seen as a ``Transport``."""
 
-    def __init__(self, receive: Receive, send: Send, max_message_bytes: int, close_timeout: float) -> None:
-        """Wrap an ASGI WebSocket before it is accepted (see :meth:`accept`)."""
+    def __init__(
+        self, receive: Receive, send: Send, max_message_bytes: int, close_timeout: float, nursery: trio.Nursery
+    ) -> None:
+        """Wrap an ASGI WebSocket before it is accepted (see :meth:`accept`);
+        ``nursery`` is the connection's (the transport's), for the watchdog."""
         self._receive = receive
         self._send = send
         self._close_timeout = close_timeout
+        self._nursery = nursery
         self._lock = trio.StrictFIFOLock()
-        self._writing: trio.CancelScope | None = None
+        self._writing = False  # a write is under way
+        self._writes = 0  # writes finished
+        self._watching = False
         self._torn = False
         self._ending = False
         self._closed = False  # disconnected, or our close was sent
@@ -109,31 +115,34 @@ class AsgiTransport:
                     await self._write(self._send({"type": "websocket.send", "text": frame.text}))
 
     async def _write(self, write: Awaitable[None]) -> None:
-        # The watchdog's scope is shielded: only its own deadline (set by
-        # _bound_writes once the connection ends) or the write's end stops it.
-        watch = trio.CancelScope(shield=True)
+        self._writing = True
         if self._ending:
-            watch.deadline = trio.current_time() + self._close_timeout
-        done: list[bool] = []
-        async with trio.open_nursery() as nursery:
-            self._writing = watch
-            nursery.start_soon(self._watchdog, watch, done)
+            self._arm_watchdog()
+        try:
             with trio.CancelScope(shield=True):
-                try:
-                    await write
-                finally:
-                    done.append(True)
-                    self._writing = None
-                    watch.cancel()
+                await write
+        finally:
+            self._writing = False
+            self._writes += 1
         if self._torn:
             raise TransportClosed("a write did not finish within close_timeout")
         await trio.lowlevel.checkpoint_if_cancelled()
 
-    async def _watchdog(self, watch: trio.CancelScope, done: list[bool]) -> None:
-        with watch:
-            await trio.sleep_forever()
-        if done:
-            return  # the write finished
+    def _arm_watchdog(self) -> None:
+        """The connection is ending with a write under way: watch it, in the
+        transport's nursery (a task only then, none per write)."""
+        if not self._watching:
+            self._watching = True
+            self._nursery.start_soon(self._watchdog, self._writes)
+
+    async def _watchdog(self, write: int) -> None:
+        await trio.sleep(self._close_timeout)
+        self._watching = False
+        if not self._writing:
+            return
+        if self._writes != write:  # that one finished; another is under way
+            self._arm_watchdog()
+            return
         self._torn = True  # no close frame can follow: abort TCP (under hypercorn; plain ASGI cannot)
         if self._fast is not None:
             with trio.CancelScope(shield=True), trio.move_on_after(self._close_timeout):
@@ -165,8 +174,8 @@ class AsgiTransport:
         """The connection is ending: a write under way, or any later one,
         gets ``close_timeout`` to finish."""
         self._ending = True
-        if self._writing is not None:
-            self._writing.deadline = min(self._writing.deadline, trio.current_time() + self._close_timeout)
+        if self._writing:
+            self._arm_watchdog()
 
     async def wait_disconnected(self) -> None:
         if self._reading:
@@ -190,9 +199,9 @@ async def serve_asgi_websocket(hub: Hub, scope: Scope, receive: Receive, send: S
     """
     if (await receive())["type"] != "websocket.connect":
         return
-    request = AsgiRequest(scope, receive, send, hub.config)
     served = ServedConnections()
     async with trio.open_nursery() as guard, connection_nursery(hub) as connection:
+        request = AsgiRequest(scope, receive, send, hub.config, connection)
 
         async def end_politely_when_cancelled() -> None:
             try:
@@ -213,7 +222,7 @@ class AsgiRequest:
     """An ASGI ``websocket`` scope, its ``websocket.connect`` received, as a
     ``ConnectionRequest``."""
 
-    def __init__(self, scope: Scope, receive: Receive, send: Send, config: HubConfig) -> None:
+    def __init__(self, scope: Scope, receive: Receive, send: Send, config: HubConfig, nursery: trio.Nursery) -> None:
         target = scope.get("path", "/")
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
@@ -222,10 +231,12 @@ class AsgiRequest:
         self.headers: list[tuple[bytes, bytes]] = list(scope.get("headers", []))
         self.client = str(client[0]) if client else None
         self._scope, self._receive, self._send, self._config = scope, receive, send, config
+        self._nursery = nursery
 
     async def accept(self) -> AsgiTransport:
         self.headers = []
-        transport = AsgiTransport(self._receive, self._send, self._config.max_frame_size, self._config.close_timeout)
+        config = self._config
+        transport = AsgiTransport(self._receive, self._send, config.max_frame_size, config.close_timeout, self._nursery)
         await transport.accept()
         return transport
 
