@@ -10,14 +10,21 @@ Trio program, for tests) another; docs/architecture.md says how to add one.
 
 from __future__ import annotations
 
-from typing import Any, NoReturn, Protocol
+import logging
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import attrs
 import trio
 
 from ._wire import Outgoing
+from .protocol import encode_message
 
-__all__ = ["FanoutBackend", "FanoutOverflow", "FanoutSink", "FanoutStatistics"]
+if TYPE_CHECKING:
+    from ._sequencer import Stored
+
+__all__ = ["FanoutBackend", "FanoutOverflow", "FanoutSink", "FanoutStatistics", "deliver_stored"]
+
+logger = logging.getLogger("modelence_trio.fanout")
 
 
 class FanoutSink(Protocol):
@@ -28,6 +35,20 @@ class FanoutSink(Protocol):
     def deliver_in_sequence(self, channel: str, data: Any, seq: int) -> None: ...
 
     def start_sequence(self, epoch: str, seq: int) -> None: ...
+
+
+def deliver_stored(item: Stored, sink: FanoutSink, *, ordered: bool) -> bool:
+    """Hand one broadcast read from a backend to the hub; ``False`` (logged)
+    if it cannot be encoded. Every backend delivers through this."""
+    try:
+        if ordered:
+            sink.deliver_in_sequence(item.channel, item.data, item.seq)
+        else:
+            sink.deliver(item.channel, Outgoing.from_text(encode_message(item.channel, item.data)))
+    except (TypeError, ValueError):
+        logger.exception("fan-out: cannot encode the broadcast with sequence %s; skipped", item.seq)
+        return False
+    return True
 
 
 class FanoutOverflow(RuntimeError):

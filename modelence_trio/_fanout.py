@@ -32,11 +32,9 @@ import pymongo.errors
 import trio
 from bson import ObjectId
 
-from ._backend import FanoutOverflow, FanoutSink, FanoutStatistics
+from ._backend import FanoutOverflow, FanoutSink, FanoutStatistics, deliver_stored
 from ._sequencer import Sequencer, Stored
 from ._util import Backoff
-from ._wire import Outgoing
-from .protocol import encode_message
 
 if TYPE_CHECKING:
     from pymongo.collection import Collection
@@ -344,21 +342,9 @@ class MongoFanout:
                 logger.warning(
                     "fan-out: gave up on %d sequence number(s) (gap), now at %d", step.skipped, sequence.last_seq
                 )
-            for item in step.deliver:
-                self._deliver(item, sink)
+            self._delivered += sum(deliver_stored(item, sink, ordered=self.ordered) for item in step.deliver)
             if step.waiting or len(docs) < self.batch_size:
                 await trio.sleep(self.poll_interval)
-
-    def _deliver(self, item: Stored, sink: FanoutSink) -> None:
-        try:
-            if self.ordered:
-                sink.deliver_in_sequence(item.channel, item.data, item.seq)
-            else:
-                sink.deliver(item.channel, Outgoing.from_text(encode_message(item.channel, item.data)))
-        except (TypeError, ValueError):
-            logger.exception("fan-out: cannot encode the broadcast with sequence %s; skipped", item.seq)
-            return
-        self._delivered += 1
 
 
 def _stored(doc: dict[str, Any]) -> Stored:

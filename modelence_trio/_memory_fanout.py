@@ -12,20 +12,15 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
-import logging
 import secrets
 from typing import Any, NoReturn
 
 import trio
 
-from ._backend import FanoutSink, FanoutStatistics
+from ._backend import FanoutSink, FanoutStatistics, deliver_stored
 from ._sequencer import Sequencer, Stored
-from ._wire import Outgoing
-from .protocol import encode_message
 
 __all__ = ["MemoryBus", "MemoryFanout"]
-
-logger = logging.getLogger("modelence_trio.fanout")
 
 
 class MemoryBus:
@@ -92,16 +87,7 @@ class MemoryFanout:
             await self.bus.wait_after(sequence.last_seq)
             step = sequence.feed(self.bus.after(sequence.last_seq, self.batch_size), trio.current_time())
             self._skipped += step.skipped
-            for item in step.deliver:
-                try:
-                    if self.ordered:
-                        sink.deliver_in_sequence(item.channel, item.data, item.seq)
-                    else:
-                        sink.deliver(item.channel, Outgoing.from_text(encode_message(item.channel, item.data)))
-                except (TypeError, ValueError):
-                    logger.exception("fan-out: cannot encode the broadcast with sequence %s; skipped", item.seq)
-                    continue
-                self._delivered += 1
+            self._delivered += sum(deliver_stored(item, sink, ordered=self.ordered) for item in step.deliver)
             await trio.lowlevel.checkpoint()
 
     async def history(self, channel: str, after: int, upto: int) -> list[tuple[int, Any]] | None:

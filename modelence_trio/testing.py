@@ -261,12 +261,7 @@ async def _too_big(serve: Serve, nursery: trio.Nursery) -> None:
     )
     ws = await _welcomed(dial, nursery)
     await ws.send_message(json.dumps({"type": "ping", "ref": "é" * 600}, ensure_ascii=False))  # 1,200 bytes
-    try:
-        frame = await _frame(ws)
-    except trio_websocket.ConnectionClosed as exc:
-        assert exc.reason is not None and exc.reason.code == 1009, f"expected 1009, got {exc.reason}"
-    else:
-        raise AssertionError(f"expected close 1009, got {frame}")
+    await _closed_with(ws, 1009)
 
 
 async def _shutdown(serve: Serve, nursery: trio.Nursery) -> None:
@@ -280,9 +275,13 @@ async def _shutdown(serve: Serve, nursery: trio.Nursery) -> None:
     hub.begin_shutdown()
     got = [(await _frame(ws))["data"] for _ in range(20)]
     assert got == list(range(20)), "what was queued before the shutdown was not delivered"
+    await _closed_with(ws, 1001)
+
+
+async def _closed_with(ws: trio_websocket.WebSocketConnection, code: int) -> None:
     try:
         frame = await _frame(ws)
     except trio_websocket.ConnectionClosed as exc:
-        assert exc.reason is not None and exc.reason.code == 1001, f"expected 1001, got {exc.reason}"
+        assert exc.reason is not None and exc.reason.code == code, f"expected {code}, got {exc.reason}"
     else:
-        raise AssertionError(f"expected close 1001, got {frame}")
+        raise AssertionError(f"expected close {code}, got {frame}")
