@@ -25,9 +25,10 @@ from ._client import (
     RequestFailed,
     open_client,
 )
+from ._config import HubConfig
 from ._fanout import FanoutOverflow, FanoutStatistics, MongoFanout
 from ._history import History
-from ._hub import Hub, HubConfig, HubStatistics
+from ._hub import Hub, HubStatistics
 from ._methods import MethodContext, MethodError
 from ._mongo_auth import MongoSessionAuthenticator
 from ._serve import serve_websocket

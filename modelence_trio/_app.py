@@ -22,8 +22,9 @@ from ._asgi import Receive, Scope, Send, serve_asgi_websocket
 from ._auth import Authenticator
 from ._backend import FanoutBackend
 from ._channel import ServerChannel
+from ._config import HubConfig
 from ._fanout import MongoFanout
-from ._hub import Hub, HubConfig
+from ._hub import Hub
 from ._methods import HttpResponse, Method, MethodRateLimit, call_method
 
 __all__ = ["App", "Module"]

@@ -17,8 +17,9 @@ from typing import Any
 import trio
 
 from . import _hypercorn
+from ._config import HubConfig
 from ._connect import ServedConnections, connection_nursery, serve_request
-from ._hub import Hub, HubConfig
+from ._hub import Hub
 from ._transport import SendResult, TransportClosed
 from ._wire import Outgoing
 from .protocol import CloseCode

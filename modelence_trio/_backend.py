@@ -11,13 +11,12 @@ Trio program, for tests) another; docs/architecture.md says how to add one.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 import attrs
 import trio
 
-from ._wire import Outgoing
-from .protocol import encode_message
+from .protocol import encode_data
 
 if TYPE_CHECKING:
     from ._sequencer import Stored
@@ -28,11 +27,12 @@ logger = logging.getLogger("modelence_trio.fanout")
 
 
 class FanoutSink(Protocol):
-    """What a backend delivers into: the hub."""
+    """What a backend delivers into: the hub's ``Router``. ``body`` is the
+    broadcast's data as JSON text (``protocol.encode_data``)."""
 
-    def deliver(self, channel: str, frame: Outgoing) -> int: ...
+    def deliver(self, channel: str, body: str) -> int: ...
 
-    def deliver_in_sequence(self, channel: str, data: Any, seq: int) -> None: ...
+    def deliver_in_sequence(self, channel: str, body: str, seq: int) -> None: ...
 
     def start_sequence(self, epoch: str, seq: int) -> None: ...
 
@@ -41,10 +41,11 @@ def deliver_stored(item: Stored, sink: FanoutSink, *, ordered: bool) -> bool:
     """Hand one broadcast read from a backend to the hub; ``False`` (logged)
     if it cannot be encoded. Every backend delivers through this."""
     try:
+        body = item.body if item.body is not None else encode_data(item.channel, item.data)
         if ordered:
-            sink.deliver_in_sequence(item.channel, item.data, item.seq)
+            sink.deliver_in_sequence(item.channel, body, item.seq)
         else:
-            sink.deliver(item.channel, Outgoing.from_text(encode_message(item.channel, item.data)))
+            sink.deliver(item.channel, body)
     except (TypeError, ValueError):
         logger.exception("fan-out: cannot encode the broadcast with sequence %s; skipped", item.seq)
         return False
@@ -68,6 +69,7 @@ class FanoutStatistics:
     write_failures: int
     read_failures: int
     last_seq: int
+    unstorable: int = 0  # broadcasts the backend cannot store (MongoDB: what BSON cannot hold)
 
 
 class FanoutBackend(Protocol):
@@ -83,9 +85,11 @@ class FanoutBackend(Protocol):
     #: The shared sequence's name, once ``run`` is ready (offsets carry it).
     epoch: str | None
 
-    def publish(self, channel: str, frame: str) -> None:
-        """Queue a broadcast (``frame``: its encoded ``message`` frame) for the
-        other instances; raise :class:`FanoutOverflow` when it cannot be held."""
+    def publish(self, channel: str, body: str) -> None:
+        """Queue a broadcast for the other instances (or, ordered, for all);
+        ``body`` is its data as JSON text, encoded once by the hub: a snapshot
+        the app can no longer change. Raise :class:`FanoutOverflow` when it
+        cannot be held."""
         ...
 
     async def run(self, sink: FanoutSink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
@@ -93,9 +97,9 @@ class FanoutBackend(Protocol):
         sequence is ready (after ``sink.start_sequence``)."""
         ...
 
-    async def history(self, channel: str, after: int, upto: int) -> list[tuple[int, Any]] | None:
-        """``channel``'s broadcasts with ``after < seq <= upto`` in order, or
-        ``None`` when some may be gone."""
+    async def history(self, channel: str, after: int, upto: int) -> list[tuple[int, str]] | None:
+        """``channel``'s broadcasts with ``after < seq <= upto`` in order, as
+        ``(seq, body)``, or ``None`` when some may be gone."""
         ...
 
     def statistics(self) -> FanoutStatistics: ...

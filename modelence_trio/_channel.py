@@ -150,9 +150,11 @@ class ServerChannel(Generic[T]):
         return False
 
     def _attach(self, hub: Hub) -> None:
-        self._hubs = (*(ref for ref in self._hubs if ref() is not None), weakref.ref(hub))
+        """Deliver through ``hub`` too (again: its config changed)."""
+        hubs = [h for h in (ref() for ref in self._hubs) if h is not None and h is not hub] + [hub]
+        self._hubs = tuple(weakref.ref(h) for h in hubs)
         # Ids are bounded by the strictest hub: every hub must accept what broadcast does.
-        self._max_id_length = min(hub.config.max_id_length, self._max_id_length)
+        self._max_id_length = min(h.config.max_id_length for h in hubs)
 
     async def _allows(self, ctx: ChannelContext) -> bool:
         if self.can_access is None:

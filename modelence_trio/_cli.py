@@ -95,6 +95,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     allow_origins(app, [*os.environ.get(ORIGINS_VARIABLE, "").split(","), *args.allowed_origin])
     uri = os.environ.get("MONGODB_URI")
     if uri and app.hub.fanout is None:
-        app.hub.fanout = MongoFanout.from_uri(uri)
+        app.hub.use_fanout(MongoFanout.from_uri(uri))
         print("modelence-trio: fan-out through MongoDB (MONGODB_URI)", flush=True)
     trio.run(partial(serve, app, args.host, args.port))

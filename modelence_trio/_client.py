@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -15,7 +14,7 @@ import trio_websocket
 from typing_extensions import TypeVar
 
 from ._channel import MAX_ID_LENGTH_CEILING
-from ._client_state import ChannelBook, Rejoined
+from ._client_state import ClientSession, Delivery, Notice, Rejoined, Reply
 from ._util import Backoff, background_nursery
 from .protocol import (
     ClientFrame,
@@ -187,15 +186,13 @@ class Client:
             channel._client = self
             self._channels[channel.category] = channel
         self._reconnect = reconnect
-        self._backoff = backoff
         self._heartbeat_interval = heartbeat_interval
         self._heartbeat_timeout = heartbeat_timeout
         self._on_join_error = on_join_error
         self._on_recovery_failed = on_recovery_failed
-        #: The joined channels and their positions, and what re-join answers mean (sans-IO).
-        self._book = ChannelBook()
-        self._refs = itertools.count(1)
-        self._pending: dict[int, _Pending] = {}
+        #: The protocol engine (sans-IO): refs, what frames mean, the joined channels, backoff.
+        self._protocol = ClientSession[_Pending](backoff)
+        self._book = self._protocol.book
         self._ws: trio_websocket.WebSocketConnection | None = None
         self._connected = trio.Event()
         self._inbox: (
@@ -306,7 +303,7 @@ class Client:
             if not self._reconnect:
                 self._finish(ClientClosed("connection closed and reconnect is off"))
                 return
-            delay = self._backoff.delay(attempt)
+            delay = self._protocol.reconnect_delay(attempt)
             attempt += 1
             logger.info("connection lost (%s); reconnecting in %.2fs", failure, delay)
             await trio.sleep(delay)
@@ -325,7 +322,7 @@ class Client:
         ws, self._ws = self._ws, None
         if self._connected.is_set():
             self._connected = trio.Event()
-        for pending in self._pending.values():
+        for pending in self._protocol.waiting():
             pending.event.set()  # reply None: the waiter sees a disconnect
         if ws is not None:
             # A peer that stopped answering pings will not answer a close
@@ -386,27 +383,22 @@ class Client:
                 text = await ws.get_message()
             except trio_websocket.ConnectionClosed:
                 return
-            try:
-                frame = parse_server_frame(text)
-            except ProtocolError as exc:
-                logger.warning("ignoring a frame from the server: %s", exc)
-                continue
-            if isinstance(frame, Message):
-                await self._dispatch(frame)
-                continue
-            ref = getattr(frame, "ref", None)
-            pending = self._pending.get(ref) if isinstance(ref, int) else None
-            if pending is not None:
-                pending.reply = frame
-                pending.event.set()
-            elif isinstance(frame, Left):  # the server removed us (access revoked): do not re-join
-                self._book.left_by_server(frame)
-                logger.warning("left %s: %s", frame.channel, frame.reason)
-            elif isinstance(frame, Error):
-                logger.warning("server error: %s: %s", frame.code, frame.error)
+            incoming = self._protocol.receive(text)
+            if isinstance(incoming, Delivery):
+                await self._dispatch(incoming.message)
+            elif isinstance(incoming, Reply):
+                incoming.waiter.reply = incoming.frame
+                incoming.waiter.event.set()
+            elif isinstance(incoming, Notice):
+                notice = incoming.frame
+                if isinstance(notice, Left):  # the server removed us (access revoked): not re-joined
+                    logger.warning("left %s: %s", notice.channel, notice.reason)
+                else:
+                    logger.warning("server error: %s: %s", notice.code, notice.error)
+            elif incoming.malformed:
+                logger.warning("ignoring a frame from the server: %s", incoming.why)
 
     async def _dispatch(self, frame: Message) -> None:
-        self._book.message(frame)
         message: ClientMessage[Any] = ClientMessage(frame.channel, frame.data)
         channel = self._channels.get(message.category)
         if channel is not None and channel.on_message is not None:
@@ -431,9 +423,8 @@ class Client:
     async def _request(self, build: Callable[[int], ClientFrame], *, retry: bool) -> ServerFrame:
         while True:
             ws = await self._current_ws()
-            ref = next(self._refs)
             pending = _Pending()
-            self._pending[ref] = pending
+            ref = self._protocol.request(pending)
             try:
                 try:
                     await ws.send_message(encode(build(ref)))
@@ -442,7 +433,7 @@ class Client:
                 else:
                     await pending.event.wait()
             finally:
-                del self._pending[ref]
+                self._protocol.forget(ref)
             reply = pending.reply
             if reply is None:
                 if retry:

@@ -1,20 +1,127 @@
-"""What a client remembers about its channels, sans-IO: frames in, decisions out.
+"""A client's protocol engine, sans-IO: server text in, what it means out.
 
-Which channels to re-join after a reconnect, and from which position; what a
-re-join's answer means (joined, gap reported, refused); what a message or a
-server-sent ``left`` changes. The Python client (``_client.py``) keeps its
-I/O (the socket, the waiting callers, the reconnect loop) and asks this
-object; the browser client implements the same rules, and both pass the
-shared vectors in tests/vectors/client.json.
+``ClientSession`` numbers requests (``ref``), reads each server frame and
+says what it is (a delivery, the reply to a request, a ``left`` the server
+decided, an error, a frame to ignore), and holds the ``ChannelBook``: which
+channels to re-join after a reconnect and from which position, and what a
+re-join's answer means (joined, gap reported, refused). The reconnect delays
+come from its ``Backoff``. The Python client (``_client.py``) keeps only
+the I/O (the socket, the waiting callers, the timers) and asks this object;
+the browser client implements the same rules, and both pass the shared
+vectors in tests/vectors/client.json.
 """
 
 from __future__ import annotations
 
 import enum
+import itertools
+from typing import Generic, TypeVar
 
-from .protocol import Join, Joined, JoinError, Left, Message, ServerFrame, Since
+import attrs
 
-__all__ = ["ChannelBook", "Rejoined"]
+from ._util import Backoff
+from .protocol import (
+    Error,
+    Join,
+    Joined,
+    JoinError,
+    Left,
+    Message,
+    ProtocolError,
+    Ref,
+    ServerFrame,
+    Since,
+    parse_server_frame,
+)
+
+__all__ = ["ChannelBook", "ClientSession", "Delivery", "Ignored", "Notice", "Rejoined", "Reply"]
+
+W = TypeVar("W")
+
+
+@attrs.frozen
+class Delivery:
+    """A message for the app (the book has its position already)."""
+
+    message: Message
+
+
+@attrs.frozen
+class Reply(Generic[W]):
+    """The answer to a pending request, and whoever waits for it."""
+
+    frame: ServerFrame
+    waiter: W
+
+
+@attrs.frozen
+class Notice:
+    """A frame nobody waits for: a ``left`` the server decided (the channel is
+    not re-joined), or an ``error`` without a pending request."""
+
+    frame: Left | Error
+
+
+@attrs.frozen
+class Ignored:
+    """A frame to drop: not valid protocol (``malformed``: worth a warning), or
+    one that answers nothing (a reply to a request given up on)."""
+
+    why: str
+    malformed: bool = False
+
+
+Incoming = Delivery | Reply[W] | Notice | Ignored
+
+
+class ClientSession(Generic[W]):
+    """One client's protocol state, across all its connections. ``W`` is
+    whatever the I/O side keeps for a caller waiting on a reply."""
+
+    def __init__(self, backoff: Backoff = Backoff()) -> None:
+        self.book = ChannelBook()
+        self.backoff = backoff
+        self._refs = itertools.count(1)
+        self._waiting: dict[int, W] = {}
+
+    def request(self, waiter: W) -> int:
+        """A ``ref`` for a new request (the caller builds the frame with it);
+        its reply comes back as ``Reply(frame, waiter)`` until :meth:`forget`."""
+        ref = next(self._refs)
+        self._waiting[ref] = waiter
+        return ref
+
+    def forget(self, ref: int) -> None:
+        """The request is answered or abandoned."""
+        self._waiting.pop(ref, None)
+
+    def waiting(self) -> list[W]:
+        """Whoever waits for a reply: when the connection drops, none will come."""
+        return list(self._waiting.values())
+
+    def receive(self, text: str | bytes) -> Incoming[W]:
+        """What a frame from the server means."""
+        try:
+            frame = parse_server_frame(text)
+        except ProtocolError as exc:
+            return Ignored(str(exc), malformed=True)
+        if isinstance(frame, Message):
+            self.book.message(frame)
+            return Delivery(frame)
+        ref: Ref = getattr(frame, "ref", None)
+        waiter = self._waiting.get(ref) if isinstance(ref, int) else None
+        if waiter is not None:
+            return Reply(frame, waiter)
+        if isinstance(frame, Left):
+            self.book.left_by_server(frame)
+            return Notice(frame)
+        if isinstance(frame, Error):
+            return Notice(frame)
+        return Ignored(f"an unexpected {type(frame).__name__} frame")
+
+    def reconnect_delay(self, attempt: int) -> float:
+        """Seconds to wait before reconnect attempt ``attempt`` (0, 1, ...)."""
+        return self.backoff.delay(attempt)
 
 
 class Rejoined(enum.Enum):

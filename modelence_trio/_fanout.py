@@ -1,7 +1,7 @@
 """Several instances as one server: broadcasts shared through one MongoDB collection.
 
-Each broadcast is delivered to local subscribers at once and queued here; a
-writer task stores queued broadcasts in ``_modelenceSocketio`` with a
+Each broadcast is delivered to local subscribers at once and its data (as
+JSON text, encoded once by the hub) queued here; a writer task stores queued broadcasts in ``_modelenceSocketio`` with a
 sequence number reserved atomically in a counter document, and a poller task
 in every instance reads new documents in sequence order and delivers those
 of other instances (in the ordered mode: all of them, its own included, with
@@ -27,6 +27,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
+import bson
+import bson.errors
 import pymongo
 import pymongo.errors
 import trio
@@ -35,6 +37,7 @@ from bson import ObjectId
 from ._backend import FanoutOverflow, FanoutSink, FanoutStatistics, deliver_stored
 from ._sequencer import Sequencer, Stored
 from ._util import Backoff
+from .protocol import encode_data
 
 if TYPE_CHECKING:
     from pymongo.collection import Collection
@@ -52,7 +55,7 @@ INDEX_OPTIONS_CONFLICT = (85, 86)  # IndexOptionsConflict, IndexKeySpecsConflict
 @attrs.define
 class _Pending:
     channel: str
-    frame: str  # the encoded ``message`` frame: an immutable snapshot of the data
+    body: str  # the data as JSON text: an immutable snapshot, decoded to BSON when stored
     number: int  # the message id is origin-number, stable across retries: receivers drop a message stored twice
 
 
@@ -139,8 +142,11 @@ class MongoFanout:
         self._pending: collections.deque[_Pending] = collections.deque()
         self._wake = trio.Event()
         self._ids = itertools.count()
+        # Ordered: the bodies of our own broadcasts, by message id, until the
+        # poller reads them back, so that they are not encoded a second time.
+        self._echo: dict[str, str] = {}
         self._sequence = Sequencer(self.origin, ordered=ordered, gap_timeout=gap_timeout, memory=max_pending)
-        self._stored = self._delivered = self._skipped = self._dropped = 0
+        self._stored = self._delivered = self._skipped = self._dropped = self._unstorable = 0
         self._write_failures = self._read_failures = 0
 
     @classmethod
@@ -153,9 +159,9 @@ class MongoFanout:
 
     # --- called by the hub ------------------------------------------------------------
 
-    def publish(self, channel: str, frame: str) -> None:
-        """Queue a broadcast (already delivered locally, ``frame`` is its
-        encoded ``message`` frame) for the other instances."""
+    def publish(self, channel: str, body: str) -> None:
+        """Queue a broadcast (``body``: its data as JSON text) for the other
+        instances (ordered: for every instance, this one included)."""
         if len(self._pending) >= self.max_pending:
             self._dropped += 1
             logger.error(
@@ -167,7 +173,10 @@ class MongoFanout:
             )
             where = "not delivered" if self.ordered else "delivered locally only"
             raise FanoutOverflow(f"{channel}: {where}; MongoDB unreachable and buffer full")
-        self._pending.append(_Pending(channel, frame, next(self._ids)))
+        number = next(self._ids)
+        self._pending.append(_Pending(channel, body, number))
+        if self.ordered:  # before it is stored: the poller may read it back before the writer resumes
+            self._remember_echo(f"{self.origin}-{number}", body)
         self._wake.set()
 
     def statistics(self) -> FanoutStatistics:
@@ -180,6 +189,7 @@ class MongoFanout:
             self._write_failures,
             self._read_failures,
             self._sequence.last_seq,
+            self._unstorable,
         )
 
     async def run(self, sink: FanoutSink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
@@ -198,12 +208,12 @@ class MongoFanout:
             await self._poll_forever(sink)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def history(self, channel: str, after: int, upto: int) -> list[tuple[int, Any]] | None:
+    async def history(self, channel: str, after: int, upto: int) -> list[tuple[int, str]] | None:
         """The stored broadcasts of ``channel`` with ``after < seq <= upto``, in
         order, or ``None`` when some of them may be gone (expired) or the
         database cannot be read: the collection is the history within its TTL."""
 
-        def read() -> list[tuple[int, Any]] | None:
+        def read() -> list[tuple[int, str]] | None:
             oldest = self._collection.find_one(sort=[("seq", 1)])
             if oldest is None or int(oldest["seq"]) > after + 1:
                 return None  # what followed ``after`` may have expired
@@ -213,12 +223,12 @@ class MongoFanout:
             for doc in found:
                 if doc.get("mid") not in seen:  # a batch stored twice: the first copy, as the poller does
                     seen.add(str(doc.get("mid")))
-                    result.append((int(doc["seq"]), doc["data"]))
+                    result.append((int(doc["seq"]), encode_data(channel, doc.get("data"))))
             return result
 
         try:
-            result: list[tuple[int, Any]] | None = await self._db(read)
-        except pymongo.errors.PyMongoError as exc:
+            result: list[tuple[int, str]] | None = await self._db(read)
+        except (pymongo.errors.PyMongoError, TypeError) as exc:
             logger.warning("fan-out: cannot read the history of %s: %s", channel, exc)
             return None
         return result
@@ -250,37 +260,50 @@ class MongoFanout:
         assert epoch is not None
         return str(epoch["value"]), last_seq
 
-    def _store(self, batch: list[_Pending]) -> None:
-        # Reserve len(batch) sequence numbers, then insert. A failed insert is
+    def _store(self, batch: list[_Pending]) -> list[_Pending]:
+        """Store ``batch``; return the broadcasts BSON cannot hold (an integer
+        beyond 8 bytes, a NUL in a key), refused alone and before any number
+        is reserved for them, so they cost the others nothing."""
+        now = _utcnow()
+        docs, refused = [], []
+        for item in batch:
+            doc = {
+                "_id": ObjectId(),
+                "seq": 0,
+                "channel": item.channel,
+                "data": json.loads(item.body),
+                "origin": self.origin,
+                "mid": f"{self.origin}-{item.number}",
+                "createdAt": now,
+            }
+            try:
+                bson.encode(doc)
+            except (bson.errors.BSONError, OverflowError):
+                refused.append(item)
+            else:
+                docs.append(doc)
+        if not docs:
+            return refused
+        # Reserve len(docs) sequence numbers, then insert. A failed insert is
         # retried with new numbers (the old ones become a gap the pollers
         # skip); the message ids are kept, so a batch stored twice (the first
         # insert succeeded but its reply was lost) is delivered once.
         counter = self._counters.find_one_and_update(
             {"_id": COLLECTION},
-            {"$inc": {"seq": len(batch)}},
+            {"$inc": {"seq": len(docs)}},
             upsert=True,
             return_document=pymongo.ReturnDocument.AFTER,
         )
         assert counter is not None  # upsert, and the document after the update
-        first = int(counter["seq"]) - len(batch) + 1
-        now = _utcnow()
-        docs = [
-            {
-                "_id": ObjectId(),
-                "seq": first + i,
-                "channel": item.channel,
-                "data": json.loads(item.frame)["data"],
-                "origin": self.origin,
-                "mid": f"{self.origin}-{item.number}",
-                "createdAt": now,
-            }
-            for i, item in enumerate(batch)
-        ]
+        first = int(counter["seq"]) - len(docs) + 1
+        for i, doc in enumerate(docs):
+            doc["seq"] = first + i
         try:
             self._collection.insert_many(docs, ordered=False)
         except pymongo.errors.BulkWriteError as exc:
             if any(error.get("code") != 11000 for error in exc.details.get("writeErrors", ())):
                 raise
+        return refused
 
     def _read(self, after: int) -> list[dict[str, Any]]:
         cursor = self._collection.find({"seq": {"$gt": after}}).sort("seq", 1).limit(self.batch_size)
@@ -307,7 +330,7 @@ class MongoFanout:
                 await self._wake.wait()
             batch = list(itertools.islice(self._pending, self.batch_size))
             try:
-                await self._db(self._store, batch)
+                refused: list[_Pending] = await self._db(self._store, batch)
             except pymongo.errors.PyMongoError as exc:
                 self._write_failures += 1
                 await outage.failed(
@@ -319,7 +342,18 @@ class MongoFanout:
                 continue
             for _ in batch:
                 self._pending.popleft()
-            self._stored += len(batch)
+            self._stored += len(batch) - len(refused)
+            for item in refused:
+                self._echo.pop(f"{self.origin}-{item.number}", None)
+                self._unstorable += 1
+                where = "no instance" if self.ordered else "no other instance"
+                logger.error(
+                    "fan-out: a broadcast to %s cannot be stored in MongoDB (BSON holds integers of at most "
+                    "8 bytes and no NUL in keys); %s gets it (%d such so far)",
+                    item.channel,
+                    where,
+                    self._unstorable,
+                )
             outage.over(
                 "MongoDB reachable again after %.1f s: stored the held broadcasts (%d still waiting)",
                 len(self._pending),
@@ -336,7 +370,7 @@ class MongoFanout:
                 await outage.failed("MongoDB unreachable: no broadcasts from other instances until it is back: %s", exc)
                 continue
             outage.over("MongoDB reachable again after %.1f s: resuming after sequence %d", sequence.last_seq)
-            step = sequence.feed(map(_stored, docs), trio.current_time())
+            step = sequence.feed(map(self._stored_doc, docs), trio.current_time())
             if step.skipped:
                 self._skipped += step.skipped
                 logger.warning(
@@ -346,13 +380,19 @@ class MongoFanout:
             if step.waiting or len(docs) < self.batch_size:
                 await trio.sleep(self.poll_interval)
 
+    def _remember_echo(self, mid: str, body: str) -> None:
+        self._echo[mid] = body
+        if len(self._echo) > 2 * self.max_pending:  # held, plus stored but not read back yet (or lost to a gap)
+            del self._echo[next(iter(self._echo))]
 
-def _stored(doc: dict[str, Any]) -> Stored:
-    mid = doc.get("mid")
-    return Stored(
-        int(doc["seq"]),
-        str(doc.get("channel")),
-        doc.get("data"),
-        str(doc.get("origin")),
-        mid if isinstance(mid, str) else None,
-    )
+    def _stored_doc(self, doc: dict[str, Any]) -> Stored:
+        mid = doc.get("mid")
+        mid = mid if isinstance(mid, str) else None
+        return Stored(
+            int(doc["seq"]),
+            str(doc.get("channel")),
+            doc.get("data"),
+            str(doc.get("origin")),
+            mid,
+            self._echo.pop(mid, None) if mid is not None and self._echo else None,
+        )

@@ -14,8 +14,7 @@ import secrets
 import attrs
 
 from ._wire import Outgoing
-from .protocol import Since, encode_message
-from .protocol._frames import JsonValue
+from .protocol import Since, message_frame
 
 __all__ = ["History", "HistoryBook"]
 
@@ -64,14 +63,13 @@ class HistoryBook:
         self._last = self._forgotten = start
         self._channels.clear()
 
-    def record(
-        self, channel: str, data: JsonValue, history: History, now: float, offset: int | None = None
-    ) -> Outgoing:
-        """Encode a broadcast with its offset (the next, or the given one) and keep it."""
+    def record(self, channel: str, body: str, history: History, now: float, offset: int | None = None) -> Outgoing:
+        """Frame a broadcast (``body``: its data's JSON) with its offset (the
+        next, or the given one) and keep it."""
         number = self._last + 1 if offset is None else offset
         # Encoded (to bytes too) before anything changes: a broadcast that
         # cannot be sent leaves no trace, no offset used, no entry kept.
-        text = encode_message(channel, data, number, self.epoch)
+        text = message_frame(channel, body, number, self.epoch)
         frame = Outgoing.from_text(text)
         self._last = number
         kept = self._channels.get(channel)

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import json
 import secrets
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import trio
 
@@ -34,9 +33,9 @@ class MemoryBus:
         self._keep = history
         self._changed = trio.Event()
 
-    def append(self, channel: str, data: Any, origin: str, mid: str) -> int:
+    def append(self, channel: str, body: str, origin: str, mid: str) -> int:
         self.last_seq += 1
-        self.stored.append(Stored(self.last_seq, channel, data, origin, mid))
+        self.stored.append(Stored(self.last_seq, channel, None, origin, mid, body))
         if len(self.stored) > 2 * self._keep:
             del self.stored[: len(self.stored) - self._keep]
         self._changed.set()
@@ -72,9 +71,8 @@ class MemoryFanout:
         self._ids = itertools.count()
         self._stored = self._delivered = self._skipped = 0
 
-    def publish(self, channel: str, frame: str) -> None:
-        data = json.loads(frame)["data"]  # stored as data, as a database would
-        self.bus.append(channel, data, self.origin, f"{self.origin}-{next(self._ids)}")
+    def publish(self, channel: str, body: str) -> None:
+        self.bus.append(channel, body, self.origin, f"{self.origin}-{next(self._ids)}")
         self._stored += 1
 
     async def run(self, sink: FanoutSink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
@@ -90,14 +88,14 @@ class MemoryFanout:
             self._delivered += sum(deliver_stored(item, sink, ordered=self.ordered) for item in step.deliver)
             await trio.lowlevel.checkpoint()
 
-    async def history(self, channel: str, after: int, upto: int) -> list[tuple[int, Any]] | None:
+    async def history(self, channel: str, after: int, upto: int) -> list[tuple[int, str]] | None:
         stored = self.bus.stored
         if not stored or stored[0].seq > after + 1:
             return None  # what followed ``after`` is no longer kept
         return [
-            (item.seq, item.data)
+            (item.seq, item.body)
             for item in self.bus.after(after, len(stored))
-            if item.seq <= upto and item.channel == channel
+            if item.seq <= upto and item.channel == channel and item.body is not None
         ]
 
     def statistics(self) -> FanoutStatistics:

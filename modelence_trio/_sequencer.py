@@ -23,13 +23,15 @@ __all__ = ["Sequencer", "Step", "Stored"]
 
 @attrs.frozen
 class Stored:
-    """One broadcast as a backend stored it."""
+    """One broadcast as a backend stored it: its data as read back (``data``)
+    or, where the backend has it, already as JSON text (``body``)."""
 
     seq: int
     channel: str
     data: Any
     origin: str  # the instance that published it
     mid: str | None  # the message id, stable across retried stores
+    body: str | None = None
 
 
 @attrs.frozen

@@ -41,7 +41,7 @@ import trio_websocket
 import wsproto
 import wsproto.events
 
-from ._hub import HubConfig
+from ._config import HubConfig
 from ._transport import FrameSafeStream, SendResult, Transport, TransportClosed
 from ._wire import Outgoing
 

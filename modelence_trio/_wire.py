@@ -12,7 +12,7 @@ import struct
 
 import attrs
 
-__all__ = ["Outgoing", "message_size", "text_frame_header"]
+__all__ = ["Outgoing", "check_sendable", "message_size", "text_frame_header"]
 
 _FIN_TEXT = 0x81
 
@@ -34,6 +34,20 @@ def message_size(message: str | bytes) -> int:
     return len(message.encode("utf-8", "surrogatepass"))
 
 
+_SURROGATE = "a lone UTF-16 surrogate, which cannot be sent as UTF-8"
+
+
+def check_sendable(text: str) -> str:
+    """``text``, if it can be sent; ``ValueError`` for a lone surrogate (what
+    ``Outgoing.from_text`` refuses), so a caller refuses it before any state changes."""
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise ValueError(f"the frame holds {_SURROGATE}") from None
+    return text
+
+
 @attrs.frozen
 class Outgoing:
     """One frame on its way to clients: the text for message-level transports
@@ -50,5 +64,5 @@ class Outgoing:
         try:
             payload = text.encode()
         except UnicodeEncodeError:
-            raise ValueError("the frame holds a lone UTF-16 surrogate, which cannot be sent as UTF-8") from None
+            raise ValueError(f"the frame holds {_SURROGATE}") from None
         return cls(text, text_frame_header(len(payload)) + payload)

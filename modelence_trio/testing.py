@@ -36,7 +36,8 @@ import trio_websocket
 from ._auth import Authenticator, MemoryAuthenticator, User
 from ._channel import ServerChannel
 from ._client import Client, Dialer, open_client
-from ._hub import Hub, HubConfig
+from ._config import HubConfig
+from ._hub import Hub
 from ._memory_fanout import MemoryBus, MemoryFanout
 from ._serve import serve_stream
 from ._util import background_nursery

@@ -1,9 +1,10 @@
-"""The client's channel book, sans-IO: no sockets, no Trio."""
+"""The client's protocol engine and channel book, sans-IO: no sockets, no Trio."""
 
 from __future__ import annotations
 
-from modelence_trio._client_state import ChannelBook, Rejoined
-from modelence_trio.protocol import Join, Joined, JoinError, Left, Message, Since
+from modelence_trio import Backoff
+from modelence_trio._client_state import ChannelBook, ClientSession, Delivery, Ignored, Notice, Rejoined, Reply
+from modelence_trio.protocol import Join, Joined, JoinError, Left, Message, Pong, Since, encode
 
 
 def test_positions_come_from_the_join_then_from_messages() -> None:
@@ -45,3 +46,33 @@ def test_leaving_by_app_or_by_server_ends_rejoins() -> None:
     book.leave("chat:a")
     book.left_by_server(Left("chat:b", None, "access revoked"))
     assert book.rejoin_plan() == [Join("chat:c")]
+
+
+def test_session_matches_replies_to_their_waiters() -> None:
+    session = ClientSession[str]()
+    first, second = session.request("join a"), session.request("ping")
+    assert second == first + 1
+    assert session.receive(encode(Pong(second))) == Reply(Pong(second), "ping")
+    assert sorted(session.waiting()) == ["join a", "ping"]
+    session.forget(second)
+    # A reply to a request given up on answers nothing; not worth a warning.
+    assert session.receive(encode(Pong(second))) == Ignored("an unexpected Pong frame")
+    assert session.waiting() == ["join a"]
+
+
+def test_session_reads_deliveries_notices_and_garbage() -> None:
+    session = ClientSession[None]()
+    session.book.joined_now("chat:a", Joined("chat:a", 1, None, 5, "e"))
+    message = Message("chat:a", {"n": 1}, 6, "e")
+    assert session.receive(encode(message)) == Delivery(message)
+    assert session.book.rejoin_plan() == [Join("chat:a", since=Since(6, "e"))]  # the position moved
+    left = Left("chat:a", None, "access revoked")
+    assert session.receive(encode(left)) == Notice(left)
+    assert session.book.joined == frozenset()  # the server's leave: not re-joined
+    garbage = session.receive("{not json")
+    assert isinstance(garbage, Ignored) and garbage.malformed
+
+
+def test_session_reconnect_schedule_is_its_backoff() -> None:
+    session = ClientSession[None](Backoff(initial=0.5, maximum=10.0, jitter=0.0))
+    assert [session.reconnect_delay(n) for n in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]

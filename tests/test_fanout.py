@@ -271,3 +271,58 @@ async def test_ordered_fanout_recovers_from_the_collection_on_a_later_instance(
                     assert [(await inbox.receive()).data for _ in range(4)] == [1, 2, 3, 4]
                 assert failures == []
                 assert client.connections == 2
+
+
+async def test_ordered_fanout_encodes_its_own_broadcasts_once(
+    mongodb_uri: str, database_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The hub encodes the data once; the instance's own copy read back from the
+    # collection is delivered with that text, not encoded again from BSON.
+    import modelence_trio._backend as backend
+    from modelence_trio.protocol import encode_data as real
+
+    encoded: list[str] = []
+
+    def counting(channel: str, data: Any) -> str:
+        encoded.append(channel)
+        return real(channel, data)
+
+    monkeypatch.setattr(backend, "encode_data", counting)
+    async with (
+        instance(mongodb_uri, database_name, ordered=True) as (chat, server),
+        trio.open_nursery() as nursery,
+    ):
+        ws = await server.dial(nursery)
+        await receive_json(ws)
+        await request(ws, {"type": "join", "channel": "chat:a"})
+        for n in range(5):
+            chat.broadcast("a", {"n": n})
+        assert [(await receive_json(ws))["data"] for _ in range(5)] == [{"n": n} for n in range(5)]
+        assert encoded == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_broadcast_bson_cannot_hold_is_refused_alone(
+    mongodb_uri: str, database_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 2**70 is JSON but not BSON: it reaches local subscribers, is logged and
+    # counted, and the instance (and the next broadcast) carry on.
+    async with (
+        instance(mongodb_uri, database_name) as (chat0, s0),
+        instance(mongodb_uri, database_name) as (_, s1),
+        trio.open_nursery() as nursery,
+    ):
+        here, there = await s0.dial(nursery), await s1.dial(nursery)
+        for ws in (here, there):
+            await receive_json(ws)
+            await request(ws, {"type": "join", "channel": "chat:a"})
+        chat0.broadcast("a", {"n": 2**70})
+        chat0.broadcast("a", {"n": 1})
+        assert (await receive_json(here))["data"] == {"n": 2**70}
+        assert (await receive_json(here))["data"] == {"n": 1}
+        with trio.fail_after(10):
+            assert (await receive_json(there))["data"] == {"n": 1}
+        assert fanout_of(s0).statistics().unstorable == 1
+        assert fanout_of(s0).statistics().stored == 1
+        assert "cannot be stored in MongoDB" in caplog.text
+        nursery.cancel_scope.cancel()

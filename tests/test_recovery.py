@@ -182,6 +182,6 @@ async def test_histories_of_quiet_channels_are_forgotten(autojump_clock: trio.te
     async with open_memory_server(hub):
         for n in range(100):
             chat.broadcast(f"room{n}", n)
-        assert len(hub._histories) == 100
+        assert len(hub._router.histories) == 100
         await trio.sleep(61)
-        assert len(hub._histories) == 0
+        assert len(hub._router.histories) == 0

@@ -63,3 +63,23 @@ def test_session_checks_are_a_typed_protocol() -> None:
 
     assert isinstance(MemoryAuthenticator(), SessionChecker)
     assert not isinstance(TokensOnly(), SessionChecker)
+
+
+async def test_fanout_and_config_are_given_before_the_hub_runs(nursery: trio.Nursery) -> None:
+    from modelence_trio import HubConfig
+    from modelence_trio.testing import MemoryBus, MemoryFanout
+
+    hub = Hub([ServerChannel("chat")])
+    hub.config = HubConfig(max_id_length=40)
+    with pytest.raises(ValueError):  # the channel follows the new limit
+        hub.channels[0].broadcast("x" * 41, 1)
+    hub.config = HubConfig(max_id_length=300)
+    hub.channels[0].broadcast("x" * 300, 1)  # up, too: nobody is joined, but the id is valid
+    hub.use_fanout(MemoryFanout(MemoryBus()))
+    with pytest.raises(RuntimeError, match="already"):
+        hub.use_fanout(MemoryFanout(MemoryBus()))
+    await nursery.start(hub.run)
+    with pytest.raises(RuntimeError, match="before it starts"):
+        hub.config = HubConfig()
+    with pytest.raises(RuntimeError, match="before it starts"):
+        hub.use_fanout(MemoryFanout(MemoryBus()))

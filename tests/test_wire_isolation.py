@@ -11,7 +11,7 @@ import trio_websocket
 
 from modelence_trio import HubConfig, ServerChannel
 from modelence_trio._history import History, HistoryBook
-from modelence_trio.protocol import ProtocolError, parse_client_frame
+from modelence_trio.protocol import ProtocolError, encode_data, parse_client_frame
 
 from .helpers import ALL_PATHS, TRANSPORTS, RawClient, expect_close, receive_json, request, start_server
 
@@ -34,9 +34,9 @@ def test_codec_keeps_escaped_surrogate_pairs() -> None:
 def test_unencodable_broadcast_leaves_no_history() -> None:
     book = HistoryBook()
     with pytest.raises(ValueError, match="surrogate"):
-        book.record("chat:a", {"text": "\ud800"}, History(), 0.0)
+        book.record("chat:a", encode_data("chat:a", {"text": "\ud800"}), History(), 0.0)
     assert len(book) == 0 and book.last == 0
-    book.record("chat:a", {"text": "ok"}, History(), 0.0)
+    book.record("chat:a", encode_data("chat:a", {"text": "ok"}), History(), 0.0)
     assert book.last == 1
 
 

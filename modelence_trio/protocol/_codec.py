@@ -38,10 +38,12 @@ from ._names import DEFAULT_MAX_ID_LENGTH, split_channel
 __all__ = [
     "Limits",
     "encode",
+    "encode_data",
     "encode_message",
     "error_reply",
     "has_lone_surrogate",
     "loads_utf8",
+    "message_frame",
     "parse_client_frame",
     "parse_server_frame",
 ]
@@ -81,20 +83,35 @@ else:  # pragma: no cover - interpreters without the C accelerator
     _dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode  # type: ignore[assignment]
 
 
+def encode_data(channel: str, data: JsonValue) -> str:
+    """A broadcast's data as JSON text: what the hub encodes once per broadcast
+    and what every fan-out backend carries (``message_frame`` wraps it).
+
+    Raises:
+        TypeError: ``data`` is not JSON (a set, a datetime, NaN, a cycle...).
+    """
+    try:
+        return _dumps(data)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise TypeError(f"broadcast data for {channel!r} is not JSON-serializable: {exc}") from None
+
+
+def message_frame(channel: str, body: str, offset: int | None = None, epoch: str | None = None) -> str:
+    """The ``message`` frame around data already encoded by ``encode_data``:
+    string assembly, so an offset never costs a second encoding of the data."""
+    head = '{"type":"message","channel":' + _dumps(channel) + ',"data":' + body
+    if offset is None:
+        return head + "}"
+    return f'{head},"offset":{int(offset)},"epoch":{_dumps(epoch)}}}'
+
+
 def encode_message(channel: str, data: JsonValue, offset: int | None = None, epoch: str | None = None) -> str:
     """Encode a delivery; the broadcast hot path, called once per broadcast.
 
     Raises:
         TypeError: ``data`` is not JSON (a set, a datetime, NaN, a cycle...).
     """
-    try:
-        body = _dumps(data)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise TypeError(f"broadcast data for {channel!r} is not JSON-serializable: {exc}") from None
-    head = '{"type":"message","channel":' + _dumps(channel) + ',"data":' + body
-    if offset is None:
-        return head + "}"
-    return f'{head},"offset":{int(offset)},"epoch":{_dumps(epoch)}}}'
+    return message_frame(channel, encode_data(channel, data), offset, epoch)
 
 
 def encode(frame: ClientFrame | ServerFrame) -> str:

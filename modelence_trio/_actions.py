@@ -1,0 +1,159 @@
+"""What the server does with a client's frames once its ``Session`` has let them through.
+
+The ``Session`` (sans-IO) decides what needs no shared state: sizes, parsing,
+malformed frames, rates, the channel count. What is left needs the app's
+code or the hub's state, and may wait: a join runs the channel's access
+check and a recovery, a publish runs the channel's handler. Any exception
+here ends that connection alone (1011), never the transport, the hub or
+another client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from ._auth import Identity
+from ._channel import ChannelContext, PublishRejected, ServerChannel
+from ._connection import Connection
+from ._router import Router
+from ._session import Answer, Close
+from ._wire import Outgoing
+from .protocol import (
+    CloseCode,
+    ErrorCode,
+    Join,
+    Joined,
+    JoinError,
+    Leave,
+    Left,
+    Ping,
+    Pong,
+    Publish,
+    Published,
+)
+from .protocol import Error as ErrorFrame
+
+__all__ = ["Actions"]
+
+logger = logging.getLogger("modelence_trio")
+
+
+class Actions:
+    """The frame handling of one hub (its ``Router`` holds what it acts on)."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    async def handle(self, conn: Connection, message: str | bytes) -> None:
+        """Act on one client message; a failure closes this connection (1011, logged once)."""
+        try:
+            await self._act(conn, message)
+        except Exception:
+            logger.exception("handling a frame of connection %s failed; closing it (1011)", conn.id)
+            conn.fail(CloseCode.INTERNAL_ERROR, "internal error")
+
+    async def _act(self, conn: Connection, message: str | bytes) -> None:
+        frame = conn.session.receive(message, trio.current_time())
+        if isinstance(frame, Close):
+            conn.fail(frame.code, frame.reason)
+        elif isinstance(frame, Answer):
+            conn.reply(frame.frame)
+            if frame.then_close is not None:
+                conn.fail(frame.then_close.code, frame.then_close.reason)
+        elif isinstance(frame, Join):
+            await self._join(conn, frame)
+        elif isinstance(frame, Leave):
+            self.router.registry.unsubscribe(conn, frame.channel)
+            conn.reply(Left(frame.channel, frame.ref))
+        elif isinstance(frame, Publish):
+            await self._publish(conn, frame)
+        elif isinstance(frame, Ping):
+            conn.reply(Pong(frame.ref))
+
+    def _context(self, conn: Connection, channel: str) -> tuple[ServerChannel[Any] | None, ChannelContext]:
+        # The codec has validated the name against this hub's limits already.
+        category, _, channel_id = channel.partition(":")
+        return self.router.channels.get(category), ChannelContext(conn.identity, category, channel_id, conn.id)
+
+    async def _join(self, conn: Connection, frame: Join) -> None:
+        router, registry = self.router, self.router.registry
+        server_channel, ctx = self._context(conn, frame.channel)
+        if server_channel is None:
+            why = f"no channel category {ctx.category!r}"
+            conn.reply(JoinError(frame.channel, ErrorCode.UNKNOWN_CHANNEL, why, frame.ref))
+            return
+        history = router.history_of(server_channel)
+        # Already joined: it missed nothing (if the channel keeps a history at all).
+        recovered: bool | None = None if frame.since is None else history is not None
+        replay: list[Outgoing] = []
+        if not registry.is_subscribed(conn, frame.channel):
+            refusal = conn.session.admit_join(frame.channel, frame.ref, registry.count_of(conn), trio.current_time())
+            if refusal is not None:
+                conn.reply(refusal)
+                return
+            if not await self._allows(server_channel, ctx, "denying"):
+                conn.reply(JoinError(frame.channel, ErrorCode.ACCESS_DENIED, "Access denied", frame.ref))
+                return
+            if conn.close_reason is not None:
+                return
+            if frame.since is not None:
+                recovered, replay = await router.recover(frame.channel, frame.since, history)
+                if conn.close_reason is not None:
+                    return
+            registry.subscribe(conn, frame.channel)
+        histories = router.histories
+        position = (histories.last, histories.epoch) if history is not None else (None, None)
+        conn.reply(Joined(frame.channel, frame.ref, recovered, *position))
+        for out in replay:
+            conn.send(out)
+
+    async def _publish(self, conn: Connection, frame: Publish) -> None:
+        server_channel, ctx = self._context(conn, frame.channel)
+        if not self.router.registry.is_subscribed(conn, frame.channel):
+            why = f"join {frame.channel!r} before publishing to it"
+            conn.reply(ErrorFrame(ErrorCode.NOT_JOINED, why, frame.ref))
+            return
+        refusal = conn.session.admit_publish(frame.ref, trio.current_time())
+        if refusal is not None:
+            conn.reply(refusal)
+            return
+        if server_channel is None or server_channel.on_message is None:
+            why = f"clients may not publish to {ctx.category!r}"
+            conn.reply(ErrorFrame(ErrorCode.PUBLISH_NOT_ALLOWED, why, frame.ref))
+            return
+        try:
+            await server_channel._handle(ctx, frame.data)
+        except PublishRejected as exc:
+            conn.reply(ErrorFrame(exc.code, exc.message, frame.ref))
+            return
+        except Exception:
+            logger.exception("publish handler for %s raised", frame.channel)
+            conn.reply(ErrorFrame(ErrorCode.HANDLER_ERROR, "the publish handler failed", frame.ref))
+            return
+        if frame.ref is not None:
+            conn.reply(Published(frame.channel, frame.ref))
+
+    async def update_identity(self, conn: Connection, identity: Identity) -> None:
+        """The session still holds but its user or roles changed: every joined
+        channel's access rule runs again, and those that now refuse are left
+        (a ``left`` frame with a reason)."""
+        if (identity.user, identity.roles) == (conn.identity.user, conn.identity.roles):
+            return
+        conn.identity = identity
+        registry = self.router.registry
+        for channel in sorted(registry.channels_of(conn)):
+            server_channel, ctx = self._context(conn, channel)
+            allowed = server_channel is not None and await self._allows(server_channel, ctx, "leaving it")
+            if not allowed and registry.unsubscribe(conn, channel):
+                conn.reply(Left(channel, None, "access revoked"))
+
+    @staticmethod
+    async def _allows(server_channel: ServerChannel[Any], ctx: ChannelContext, otherwise: str) -> bool:
+        try:
+            return await server_channel._allows(ctx)
+        except Exception:
+            logger.exception("access check for %s raised; %s", ctx.channel, otherwise)
+            return False

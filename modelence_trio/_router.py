@@ -1,0 +1,142 @@
+"""Where a broadcast goes: local subscribers, the channel's history, the fan-out.
+
+One :class:`Router` per hub holds the channel catalogue, the registry of
+subscriptions, the histories and the fan-out backend, and is the
+``FanoutSink`` the backend delivers into. A broadcast takes one of three
+routes, chosen once per call:
+
+- no fan-out: encode, record (with an offset, if the channel keeps a
+  history), deliver to local subscribers;
+- a fan-out that is not ordered: the same without offsets, and the data's
+  JSON goes to the backend for the other instances;
+- an ordered fan-out: the data's JSON goes to the backend only; every
+  instance, this one included, delivers it when it reads it back in the
+  shared sequence, whose number is its offset.
+
+Encoding comes first in each route, before any state changes: a broadcast
+that cannot be sent leaves no trace (no offset, no history entry, nothing
+queued for another instance).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import trio
+
+from ._backend import FanoutBackend
+from ._channel import ServerChannel
+from ._history import History, HistoryBook
+from ._registry import Registry
+from ._wire import Outgoing, check_sendable
+from .protocol import Since, encode_data, encode_message, message_frame
+
+__all__ = ["Router"]
+
+
+class Router:
+    def __init__(self, channels: Iterable[ServerChannel[Any]], fanout: FanoutBackend | None) -> None:
+        self.channels: dict[str, ServerChannel[Any]] = {}
+        for channel in channels:
+            if channel.category in self.channels:
+                raise ValueError(f"two channels share the category {channel.category!r}")
+            self.channels[channel.category] = channel
+        self.fanout = fanout
+        self.registry = Registry()
+        self.histories = HistoryBook()
+
+    def broadcast(self, channel: ServerChannel[Any], name: str, data: Any) -> None:
+        fanout = self.fanout
+        if fanout is None:  # the single-instance hot path, spelled out
+            history = channel.history
+            if history is None:
+                self.registry.deliver(name, Outgoing.from_text(encode_message(name, data)))
+            else:
+                self.registry.deliver(name, self.histories.record(name, encode_data(name, data), history, _now()))
+        elif fanout.ordered:
+            # Every subscriber, here too, gets it from the shared sequence (deliver_in_sequence).
+            fanout.publish(name, check_sendable(encode_data(name, data)))
+        else:
+            body = encode_data(name, data)
+            self.registry.deliver(name, Outgoing.from_text(message_frame(name, body)))  # no offsets: see history_of
+            fanout.publish(name, body)
+
+    def history_of(self, channel: ServerChannel[Any] | None) -> History | None:
+        """The history a channel's messages are recorded in here, if any.
+
+        A fan-out that delivers an instance's own broadcasts at once gives
+        them no place in the shared sequence: no offsets, no recovery (joined says so).
+        """
+        if channel is None or (self.fanout is not None and not self.fanout.ordered):
+            return None
+        return channel.history
+
+    # --- what the fan-out delivers (FanoutSink) ------------------------------------------
+
+    def start_sequence(self, epoch: str, seq: int) -> None:
+        """The shared sequence is ready: offsets are its numbers from now on."""
+        if self.fanout is not None and self.fanout.ordered:
+            self.histories.reset(epoch, seq)
+
+    def deliver_in_sequence(self, name: str, body: str, seq: int) -> None:
+        """A broadcast of any instance, ours included, in the shared order."""
+        history = self.history_of(self.channels.get(name.partition(":")[0]))
+        if history is None:
+            frame = Outgoing.from_text(message_frame(name, body))
+        else:
+            frame = self.histories.record(name, body, history, _now(), seq)
+        self.registry.deliver(name, frame)
+
+    def deliver(self, name: str, body: str) -> int:
+        """Another instance's broadcast, for local subscribers only."""
+        return self.registry.deliver(name, Outgoing.from_text(message_frame(name, body)))
+
+    # --- recovery -------------------------------------------------------------------------
+
+    async def recover(self, channel: str, since: Since, history: History | None) -> tuple[bool, list[Outgoing]]:
+        """Whether every message after ``since`` can be replayed, and the replay.
+
+        The caller subscribes right after this returns, with no await in
+        between, so no broadcast falls between the replay and live delivery.
+        With the ordered fan-out, what this instance did not see (it started
+        later) is read from the backend, up to where its own history takes over.
+        """
+        histories = self.histories
+        recovered, replay = histories.replay(channel, since, history, trio.current_time())
+        fanout = self.fanout
+        if recovered or history is None or fanout is None or not fanout.ordered:
+            return recovered, replay
+        if since.epoch != histories.epoch or since.offset > histories.last:
+            return False, []
+        upto = histories.last
+        stored = await fanout.history(channel, since.offset, upto)
+        if stored is None:
+            return False, []
+        # Whatever the backend delivered meanwhile is in this instance's history.
+        recovered, newer = histories.replay(channel, Since(upto, since.epoch), history, trio.current_time())
+        if not recovered:
+            return False, []
+        epoch = histories.epoch
+        older = [Outgoing.from_text(message_frame(channel, body, seq, epoch)) for seq, body in stored]
+        return True, older + newer
+
+    async def sweep_histories(self) -> None:
+        """Forget channels whose history has aged out, so that a hub that saw
+        many channels does not keep an empty record of each (runs forever)."""
+        ages = [c.history.max_age for c in self.channels.values() if c.history is not None]
+        if not ages:
+            return
+        while True:
+            await trio.sleep(min(ages))
+            self.histories.sweep(trio.current_time())
+
+
+def _now() -> float:
+    """Trio's clock (virtual under MockClock); a broadcast made outside Trio is
+    stamped as already old, so it only ever makes recovery fail, never lie."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return -math.inf
