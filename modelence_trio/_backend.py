@@ -70,6 +70,7 @@ class FanoutStatistics:
     read_failures: int
     last_seq: int
     unstorable: int = 0  # broadcasts the backend cannot store (MongoDB: what BSON cannot hold)
+    resets: int = 0  # times the database was found reset (a new sequence, docs/fanout.md)
 
 
 class FanoutBackend(Protocol):

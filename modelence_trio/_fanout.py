@@ -82,6 +82,24 @@ class _Outage:
             self.since, self.attempts = None, 0
 
 
+class _CounterBehind(Exception):
+    """An insert found its numbers taken: the counter was moved past ``newest``; store again."""
+
+    def __init__(self, newest: int) -> None:
+        super().__init__(newest)
+        self.newest = newest
+
+
+@attrs.frozen
+class _Probe:
+    """What the database says about the sequence, read in one check."""
+
+    epoch: str | None  # None: the epoch document is gone
+    counter: int  # the last number handed out (0: the counter document is gone)
+    newest: int  # the highest number stored (0: none)
+    indexed: bool  # the seq and TTL indexes are there
+
+
 def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -103,6 +121,13 @@ class MongoFanout:
         gap_timeout: seconds the poller waits for a sequence number that was
             reserved but is not visible yet, before giving up on it.
         threads: database calls running at once (worker threads).
+        probe_interval: seconds between checks that the database is still the
+            one prepared (its epoch, its counter, its indexes), so that a
+            reset, a restore or a new cluster is noticed within that time.
+        reset_margin: after a reset, broadcasts stored up to this many
+            seconds before the old sequence was last seen are delivered too
+            (room for clock differences between instances); older ones
+            (a restored backup's) are not replayed.
         ordered: deliver every broadcast, this instance's own included, in
             the shared sequence, whose numbers are then the messages'
             offsets: a client recovers what it missed on any instance
@@ -124,6 +149,8 @@ class MongoFanout:
         threads: int = 4,
         retry_initial: float = 0.1,
         retry_maximum: float = 2.0,
+        probe_interval: float = 1.0,
+        reset_margin: float = 5.0,
         ordered: bool = False,
     ) -> None:
         self.database = database
@@ -135,6 +162,8 @@ class MongoFanout:
         self.max_pending = max_pending
         self.gap_timeout = gap_timeout
         self.retry = Backoff(initial=retry_initial, maximum=retry_maximum)
+        self.probe_interval = probe_interval
+        self.reset_margin = reset_margin
         self.origin = secrets.token_hex(8)
         self._collection: Collection[Any] = database[COLLECTION]
         self._counters: Collection[Any] = database[COUNTERS]
@@ -147,7 +176,8 @@ class MongoFanout:
         self._echo: dict[str, str] = {}
         self._sequence = Sequencer(self.origin, ordered=ordered, gap_timeout=gap_timeout, memory=max_pending)
         self._stored = self._delivered = self._skipped = self._dropped = self._unstorable = 0
-        self._write_failures = self._read_failures = 0
+        self._write_failures = self._read_failures = self._resets = 0
+        self._seen_at = _utcnow()  # when the sequence was last confirmed to be the one prepared
 
     @classmethod
     def from_uri(cls, uri: str, **options: Any) -> MongoFanout:
@@ -190,6 +220,7 @@ class MongoFanout:
             self._read_failures,
             self._sequence.last_seq,
             self._unstorable,
+            self._resets,
         )
 
     async def run(self, sink: FanoutSink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
@@ -239,6 +270,14 @@ class MongoFanout:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter, abandon_on_cancel=True)
 
     def _prepare(self) -> tuple[str, int]:
+        self._ensure_indexes()
+        # Start after what is already there: an instance that starts late or
+        # restarts does not replay old broadcasts as new.
+        counter = self._counters.find_one({"_id": COLLECTION})
+        last_seq = int(counter["seq"]) if counter else 0
+        return self._ensure_epoch(), last_seq
+
+    def _ensure_indexes(self) -> None:
         self._collection.create_index("seq", unique=True)
         try:
             self._collection.create_index("createdAt", expireAfterSeconds=int(self.ttl))
@@ -249,16 +288,43 @@ class MongoFanout:
             logger.info("replacing the TTL index on %s.createdAt (%s)", COLLECTION, exc)
             self._collection.drop_index("createdAt_1")
             self._collection.create_index("createdAt", expireAfterSeconds=int(self.ttl))
-        # Start after what is already there: an instance that starts late or
-        # restarts does not replay old broadcasts as new.
-        counter = self._counters.find_one({"_id": COLLECTION})
-        last_seq = int(counter["seq"]) if counter else 0
-        # The epoch names this collection's sequence: the first instance makes it.
+
+    def _ensure_epoch(self, replacing: str | None = None) -> str:
+        """The epoch names this collection's sequence: the first instance
+        makes it, and the first to see it void (``replacing``) renews it."""
+        if replacing is not None:
+            self._counters.update_one({"_id": "epoch", "value": replacing}, {"$set": {"value": secrets.token_hex(6)}})
         with contextlib.suppress(pymongo.errors.DuplicateKeyError):
             self._counters.insert_one({"_id": "epoch", "value": secrets.token_hex(6)})
         epoch = self._counters.find_one({"_id": "epoch"})
         assert epoch is not None
-        return str(epoch["value"]), last_seq
+        return str(epoch["value"])
+
+    def _probe(self) -> _Probe:
+        found = {doc["_id"]: doc for doc in self._counters.find({"_id": {"$in": ["epoch", COLLECTION]}})}
+        newest = self._collection.find_one(sort=[("seq", -1)], projection={"seq": 1})
+        by_key = {info["key"][0][0]: info for info in self._collection.index_information().values()}
+        return _Probe(
+            str(found["epoch"]["value"]) if "epoch" in found else None,
+            int(found[COLLECTION]["seq"]) if COLLECTION in found else 0,
+            int(newest["seq"]) if newest else 0,
+            bool(by_key.get("seq", {}).get("unique")) and "expireAfterSeconds" in by_key.get("createdAt", {}),
+        )
+
+    def _restart_after_reset(self, old_epoch: str | None, cutoff: datetime.datetime) -> tuple[str, int]:
+        """Prepare the reset database again and say where its new sequence
+        starts: before the first broadcast stored since ``cutoff``."""
+        self._ensure_indexes()
+        epoch = self._ensure_epoch(replacing=old_epoch)
+        counter = self._counters.find_one({"_id": COLLECTION})
+        first = self._collection.find_one({"createdAt": {"$gte": cutoff}}, sort=[("seq", 1)], projection={"seq": 1})
+        start = int(first["seq"]) - 1 if first else (int(counter["seq"]) if counter else 0)
+        return epoch, start
+
+    def _repair_counter(self, newest: int) -> None:
+        """The counter is behind the collection (its document was removed):
+        move it past what is stored, so no number is handed out twice."""
+        self._counters.update_one({"_id": COLLECTION}, {"$max": {"seq": newest}}, upsert=True)
 
     def _store(self, batch: list[_Pending]) -> list[_Pending]:
         """Store ``batch``; return the broadcasts BSON cannot hold (an integer
@@ -301,8 +367,14 @@ class MongoFanout:
         try:
             self._collection.insert_many(docs, ordered=False)
         except pymongo.errors.BulkWriteError as exc:
-            if any(error.get("code") != 11000 for error in exc.details.get("writeErrors", ())):
-                raise
+            if any(error.get("code") == 11000 for error in exc.details.get("writeErrors", ())):
+                # A number already taken: the counter went back (a reset, a
+                # removed counter). Move it on; the batch is stored again with
+                # new numbers (what did go in is dropped as a copy by its id).
+                newest = self._collection.find_one(sort=[("seq", -1)], projection={"seq": 1})
+                self._repair_counter(int(newest["seq"]) if newest else 0)
+                raise _CounterBehind(int(newest["seq"]) if newest else 0) from exc
+            raise
         return refused
 
     def _read(self, after: int) -> list[dict[str, Any]]:
@@ -331,6 +403,9 @@ class MongoFanout:
             batch = list(itertools.islice(self._pending, self.batch_size))
             try:
                 refused: list[_Pending] = await self._db(self._store, batch)
+            except _CounterBehind as behind:
+                logger.warning("fan-out: the sequence counter was behind the collection; moved to %d", behind.newest)
+                continue
             except pymongo.errors.PyMongoError as exc:
                 self._write_failures += 1
                 await outage.failed(
@@ -362,8 +437,13 @@ class MongoFanout:
     async def _poll_forever(self, sink: FanoutSink) -> NoReturn:
         outage = _Outage(self.retry)
         sequence = self._sequence
+        next_probe = trio.current_time() + self.probe_interval
         while True:
             try:
+                if trio.current_time() >= next_probe or outage.since is not None:
+                    # After an outage, check before reading on: the database that came back may be a new one.
+                    await self._check_database(sink)
+                    next_probe = trio.current_time() + self.probe_interval
                 docs: list[dict[str, Any]] = await self._db(self._read, sequence.last_seq)
             except pymongo.errors.PyMongoError as exc:
                 self._read_failures += 1
@@ -379,6 +459,41 @@ class MongoFanout:
             self._delivered += sum(deliver_stored(item, sink, ordered=self.ordered) for item in step.deliver)
             if step.waiting or len(docs) < self.batch_size:
                 await trio.sleep(self.poll_interval)
+
+    async def _check_database(self, sink: FanoutSink) -> None:
+        """Notice a database that is not the one prepared any more, and carry on with it."""
+        probe: _Probe = await self._db(self._probe)
+        last = self._sequence.last_seq
+        if probe.epoch != self.epoch:
+            why = "its epoch is gone" if probe.epoch is None else "its epoch changed"
+        elif max(probe.counter, probe.newest) < last:
+            why = f"its sequence went back from {last} to {max(probe.counter, probe.newest)}"
+        else:
+            if probe.counter < probe.newest:
+                logger.warning("fan-out: the sequence counter is behind the collection; moved to %d", probe.newest)
+                await self._db(self._repair_counter, probe.newest)
+            if not probe.indexed:
+                logger.warning(
+                    "fan-out: the indexes of %s were missing (collection recreated); created again", COLLECTION
+                )
+                await self._db(self._ensure_indexes)
+            self._seen_at = _utcnow()
+            return
+        self._resets += 1
+        cutoff = self._seen_at - datetime.timedelta(seconds=self.reset_margin)
+        epoch, start = await self._db(self._restart_after_reset, self.epoch, cutoff)
+        logger.warning(
+            "fan-out: the database was reset (%s; reset %d): new epoch %s, delivering what was stored since, "
+            "from sequence %d on; offsets of the old epoch cannot be recovered",
+            why,
+            self._resets,
+            epoch,
+            start + 1,
+        )
+        self.epoch = epoch
+        self._sequence.start(start)
+        sink.start_sequence(epoch, start)
+        self._seen_at = _utcnow()
 
     def _remember_echo(self, mid: str, body: str) -> None:
         self._echo[mid] = body

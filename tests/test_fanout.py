@@ -326,3 +326,85 @@ async def test_a_broadcast_bson_cannot_hold_is_refused_alone(
         assert fanout_of(s0).statistics().stored == 1
         assert "cannot be stored in MongoDB" in caplog.text
         nursery.cancel_scope.cancel()
+
+
+def _drop(uri: str, database_name: str) -> None:
+    """What a restarted in-memory server, a restore or a new cluster look like:
+    the collection, the counter and the epoch are gone."""
+    with connect(uri) as client:
+        client.drop_database(database_name)
+
+
+async def test_a_reset_database_loses_nothing(
+    mongodb_uri: str, database_name: str, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Broadcasts made before, while and after the database is reset under an
+    # instance that is cut off from it: each is delivered exactly once on the
+    # other instance; the reset is logged and counted, the indexes made again.
+    caplog.set_level(logging.WARNING, logger="modelence_trio.fanout")
+    proxy = Proxy(mongodb_uri)
+    await nursery.start(proxy.run)
+    fast = {"probe_interval": 0.2}
+    async with (
+        instance(proxy.uri_through(), database_name, **fast) as (chat_a, a),
+        instance(mongodb_uri, database_name, **fast) as (_, b),
+        b.client() as reader,
+    ):
+        await reader.join("chat:shared")
+        got: list[Any] = []
+        async with trio.open_nursery() as inner:
+            inner.start_soon(collect, reader, 60, got)
+            for n in range(20):
+                chat_a.broadcast("shared", n)
+            with trio.fail_after(10):
+                while len(got) < 20:
+                    await trio.sleep(0.01)
+            proxy.cut()
+            for n in range(20, 40):  # held by A: MongoDB is unreachable
+                chat_a.broadcast("shared", n)
+                await trio.sleep(0.02)
+            await trio.to_thread.run_sync(_drop, mongodb_uri, database_name)
+            proxy.restore()
+            for n in range(40, 60):
+                chat_a.broadcast("shared", n)
+                await trio.sleep(0.02)
+        assert sorted(got) == list(range(60))  # none lost, none twice
+        assert got[:20] == list(range(20))
+        for server in (a, b):
+            assert fanout_of(server).statistics().resets == 1
+        assert fanout_of(a).epoch == fanout_of(b).epoch  # both on the new sequence
+        assert caplog.text.count("the database was reset") == 2
+    with connect(mongodb_uri) as client:
+        indexes = client[database_name]["_modelenceSocketio"].index_information()
+    by_key = {info["key"][0][0]: info for info in indexes.values()}  # names differ between servers
+    assert by_key["seq"].get("unique") is True
+    assert by_key["createdAt"]["expireAfterSeconds"] == 60
+
+
+async def test_a_removed_counter_is_repaired_without_loss(
+    mongodb_uri: str, database_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The counter document alone is removed: numbers would be handed out again
+    # and the inserts refused as taken. The counter is moved past the collection.
+    caplog.set_level(logging.WARNING, logger="modelence_trio.fanout")
+    async with (
+        instance(mongodb_uri, database_name, probe_interval=0.2) as (chat_a, _),
+        instance(mongodb_uri, database_name, probe_interval=0.2) as (_, b),
+        b.client() as reader,
+    ):
+        await reader.join("chat:shared")
+        got: list[Any] = []
+        async with trio.open_nursery() as inner:
+            inner.start_soon(collect, reader, 40, got)
+            for n in range(20):
+                chat_a.broadcast("shared", n)
+            with trio.fail_after(10):
+                while len(got) < 20:
+                    await trio.sleep(0.01)
+            with connect(mongodb_uri) as client:
+                client[database_name]["_modelenceSocketioCounters"].delete_one({"_id": "_modelenceSocketio"})
+            for n in range(20, 40):
+                chat_a.broadcast("shared", n)
+                await trio.sleep(0.02)
+        assert sorted(got) == list(range(40))
+        assert fanout_of(b).statistics().resets == 0  # the sequence went on: not a reset
