@@ -18,11 +18,34 @@ import pytest
 from pymongo.database import Database
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def start_nx(port: int, folder: Path) -> subprocess.Popen[bytes]:
+    """An nx-27017 (MongoDB wire protocol on SQLite, data in memory) on ``port``, accepting."""
+    server = Path(sys.executable).parent / "nx-27017"
+    command = [str(server), "--db", "memory", "-p", str(port), "--log-file", str(folder / "log")]
+    pid_file = ["--pid-file", str(folder / "pid")]
+    process = subprocess.Popen([*command, *pid_file], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise AssertionError(f"nx-27017 did not start (see {folder / 'log'})") from None
+            time.sleep(0.05)
+
+
+def stop_nx(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    process.wait(10)
 
 
 @pytest.fixture(scope="session")
@@ -33,27 +56,12 @@ def mongodb_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if uri:
         yield uri
         return
-    folder = tmp_path_factory.mktemp("nx")
-    port = _free_port()
-    server = Path(sys.executable).parent / "nx-27017"
-    command = [str(server), "--db", "memory", "-p", str(port), "--log-file", str(folder / "log")]
-    pid_file = ["--pid-file", str(folder / "pid")]
-    process = subprocess.Popen([*command, *pid_file], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise AssertionError(f"nx-27017 did not start (see {folder / 'log'})") from None
-            time.sleep(0.05)
+    port = free_port()
+    process = start_nx(port, tmp_path_factory.mktemp("nx"))
     try:
         yield f"mongodb://127.0.0.1:{port}/?directConnection=true"
     finally:
-        process.terminate()
-        process.wait(10)
+        stop_nx(process)
 
 
 def connect(uri: str) -> pymongo.MongoClient[dict[str, Any]]:

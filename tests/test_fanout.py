@@ -9,6 +9,7 @@ import logging
 import random
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from modelence_trio._fanout import FanoutOverflow, MongoFanout
 from modelence_trio.testing import MemoryServer, open_memory_server
 
 from .helpers import receive_json, request
-from .mongo import connect
+from .mongo import connect, free_port, start_nx, stop_nx
 from .proxy import Proxy
 
 
@@ -408,3 +409,69 @@ async def test_a_removed_counter_is_repaired_without_loss(
                 await trio.sleep(0.02)
         assert sorted(got) == list(range(40))
         assert fanout_of(b).statistics().resets == 0  # the sequence went on: not a reset
+
+
+async def test_a_restarted_wire_server_loses_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # The README's recipe, as the outside run did it: an in-memory wire server
+    # of its own, stopped and started again under two instances.
+    caplog.set_level(logging.WARNING, logger="modelence_trio.fanout")
+    port = free_port()
+    uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    server = start_nx(port, tmp_path)
+    try:
+        fast = {"probe_interval": 0.2}
+        async with (
+            instance(uri, "modelence", **fast) as (chat_a, a),
+            instance(uri, "modelence", **fast) as (_, b),
+            b.client() as reader,
+        ):
+            await reader.join("chat:shared")
+            got: list[Any] = []
+            async with trio.open_nursery() as inner:
+                inner.start_soon(collect, reader, 60, got)
+                for n in range(20):
+                    chat_a.broadcast("shared", n)
+                with trio.fail_after(10):
+                    while len(got) < 20:
+                        await trio.sleep(0.01)
+                await trio.to_thread.run_sync(stop_nx, server)
+                for n in range(20, 40):  # held: the server is down
+                    chat_a.broadcast("shared", n)
+                    await trio.sleep(0.02)
+                server = await trio.to_thread.run_sync(start_nx, port, tmp_path)
+                for n in range(40, 60):
+                    chat_a.broadcast("shared", n)
+                    await trio.sleep(0.02)
+            assert sorted(got) == list(range(60))
+            assert fanout_of(a).statistics().resets == fanout_of(b).statistics().resets == 1
+    finally:
+        stop_nx(server)
+
+
+async def test_after_a_reset_old_offsets_are_not_recovered(mongodb_uri: str, database_name: str) -> None:
+    # Ordered: the offsets name positions in the old sequence, which is gone; a
+    # client re-joining with one is told so (recovered: false), and the new
+    # sequence's messages carry the new epoch.
+    async with (
+        instance(mongodb_uri, database_name, ordered=True, probe_interval=0.2) as (chat, server),
+        trio.open_nursery() as nursery,
+    ):
+        ws = await server.dial(nursery)
+        await receive_json(ws)
+        await request(ws, {"type": "join", "channel": "chat:a"})
+        chat.broadcast("a", "before")
+        before = await receive_json(ws)
+        old = {"offset": before["offset"], "epoch": before["epoch"]}
+        await trio.to_thread.run_sync(_drop, mongodb_uri, database_name)
+        with trio.fail_after(10):
+            while fanout_of(server).statistics().resets == 0:
+                await trio.sleep(0.05)
+        chat.broadcast("a", "after")
+        after = await receive_json(ws)
+        assert after["data"] == "after"
+        assert after["epoch"] == fanout_of(server).epoch != old["epoch"]
+        other = await server.dial(nursery)
+        await receive_json(other)
+        joined = await request(other, {"type": "join", "channel": "chat:a", "since": old})
+        assert joined["recovered"] is False and joined["epoch"] == after["epoch"]
+        nursery.cancel_scope.cancel()
