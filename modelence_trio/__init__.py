@@ -26,7 +26,7 @@ from ._client import (
     open_client,
 )
 from ._config import HubConfig
-from ._fanout import FanoutOverflow, FanoutStatistics, MongoFanout
+from ._fanout import FanoutNotStored, FanoutOverflow, FanoutStatistics, MongoFanout
 from ._history import History
 from ._hub import Hub, HubStatistics
 from ._methods import MethodContext, MethodError
@@ -49,6 +49,7 @@ __all__ = [
     "ConnectionLost",
     "DevelopmentAuthenticator",
     "ErrorCode",
+    "FanoutNotStored",
     "FanoutOverflow",
     "FanoutStatistics",
     "History",

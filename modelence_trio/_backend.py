@@ -21,7 +21,15 @@ from .protocol import encode_data
 if TYPE_CHECKING:
     from ._sequencer import Stored
 
-__all__ = ["FanoutBackend", "FanoutOverflow", "FanoutSink", "FanoutStatistics", "deliver_stored"]
+__all__ = [
+    "FanoutBackend",
+    "FanoutNotStored",
+    "FanoutOverflow",
+    "FanoutSink",
+    "FanoutStatistics",
+    "Receipt",
+    "deliver_stored",
+]
 
 logger = logging.getLogger("modelence_trio.fanout")
 
@@ -59,6 +67,37 @@ class FanoutOverflow(RuntimeError):
     and counted as well."""
 
 
+class FanoutNotStored(RuntimeError):
+    """``broadcast_stored``: the broadcast reached local subscribers (in the
+    ordered mode: no one), but was not stored for other instances: the
+    backend cannot hold it (MongoDB: an integer beyond 8 bytes, a NUL in a
+    key), or the hub stopped before it was stored."""
+
+
+class Receipt:
+    """Whether one broadcast is stored: what ``broadcast_stored`` waits on,
+    and what a backend settles once the broadcast is stored, or is not."""
+
+    __slots__ = ("_done", "error")
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self.error: FanoutNotStored | None = None
+
+    def stored(self) -> None:
+        self._done.set()
+
+    def failed(self, why: str) -> None:
+        if not self._done.is_set():
+            self.error = FanoutNotStored(why)
+            self._done.set()
+
+    async def wait(self) -> None:
+        await self._done.wait()
+        if self.error is not None:
+            raise self.error
+
+
 @attrs.frozen
 class FanoutStatistics:
     pending: int  # broadcasts waiting to be stored
@@ -86,11 +125,12 @@ class FanoutBackend(Protocol):
     #: The shared sequence's name, once ``run`` is ready (offsets carry it).
     epoch: str | None
 
-    def publish(self, channel: str, body: str) -> None:
+    def publish(self, channel: str, body: str, receipt: Receipt | None = None) -> None:
         """Queue a broadcast for the other instances (or, ordered, for all);
         ``body`` is its data as JSON text, encoded once by the hub: a snapshot
         the app can no longer change. Raise :class:`FanoutOverflow` when it
-        cannot be held."""
+        cannot be held. Settle ``receipt`` once it is stored (or cannot be,
+        or the backend stops first)."""
         ...
 
     async def run(self, sink: FanoutSink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:

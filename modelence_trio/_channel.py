@@ -12,6 +12,7 @@ import trio
 from typing_extensions import TypeVar
 
 from ._auth import Identity, IdentityView
+from ._backend import Receipt
 from ._history import History
 from .protocol import ProtocolError, split_channel, validate_category
 from .protocol._names import valid_channel_id
@@ -121,13 +122,7 @@ class ServerChannel(Generic[T]):
         """
         if not trio.lowlevel.in_trio_run() and self._broadcast_from_thread(channel_id, data):
             return
-        name = f"{self.category}:{channel_id}"
-        if not valid_channel_id(channel_id, self._max_id_length):
-            try:
-                split_channel(name, max_id_length=self._max_id_length)
-            except ProtocolError as exc:
-                raise ValueError(exc.message) from None
-            raise ValueError(f"invalid channel id {channel_id!r}")
+        name = self._name(channel_id)
         delivered = False
         for ref in self._hubs:
             hub = ref()
@@ -136,6 +131,45 @@ class ServerChannel(Generic[T]):
                 delivered = True
         if not delivered:
             raise RuntimeError(f"{self!r} is not part of any Hub; build a Hub with it first")
+
+    async def broadcast_stored(self, channel_id: str, data: T) -> None:
+        """:meth:`broadcast`, returning once the fan-out has stored it.
+
+        For code that must not acknowledge a broadcast that a crash of this
+        instance could still lose (a method that answers 200 only once the
+        message will reach the other instances): ``broadcast`` returns while
+        the broadcast waits in memory to be stored; this waits for the
+        store. Without a fan-out there is nothing to store: it returns at
+        once. Local subscribers get it at once, as with ``broadcast``. If the
+        caller is cancelled, the broadcast is still stored.
+
+        Raises:
+            everything ``broadcast`` raises, and
+            FanoutNotStored: the backend cannot store it (MongoDB: what BSON
+                cannot hold), or the hub stopped first. Logged and counted too.
+        """
+        name = self._name(channel_id)
+        receipts = []
+        for ref in self._hubs:
+            hub = ref()
+            if hub is not None:
+                receipt = Receipt()
+                hub.broadcast(self, name, data, receipt)
+                receipts.append(receipt)
+        if not receipts:
+            raise RuntimeError(f"{self!r} is not part of any Hub; build a Hub with it first")
+        for receipt in receipts:
+            await receipt.wait()
+
+    def _name(self, channel_id: str) -> str:
+        name = f"{self.category}:{channel_id}"
+        if not valid_channel_id(channel_id, self._max_id_length):
+            try:
+                split_channel(name, max_id_length=self._max_id_length)
+            except ProtocolError as exc:
+                raise ValueError(exc.message) from None
+            raise ValueError(f"invalid channel id {channel_id!r}")
+        return name
 
     def _broadcast_from_thread(self, channel_id: str, data: T) -> bool:
         """Called outside Trio: run the broadcast in the Trio thread of a

@@ -34,7 +34,7 @@ import pymongo.errors
 import trio
 from bson import ObjectId
 
-from ._backend import FanoutOverflow, FanoutSink, FanoutStatistics, deliver_stored
+from ._backend import FanoutNotStored, FanoutOverflow, FanoutSink, FanoutStatistics, Receipt, deliver_stored
 from ._sequencer import Sequencer, Stored
 from ._util import Backoff
 from .protocol import encode_data
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from pymongo.collection import Collection
     from pymongo.database import Database
 
-__all__ = ["FanoutOverflow", "FanoutStatistics", "MongoFanout"]
+__all__ = ["FanoutNotStored", "FanoutOverflow", "FanoutStatistics", "MongoFanout"]
 
 logger = logging.getLogger("modelence_trio.fanout")
 
@@ -57,6 +57,7 @@ class _Pending:
     channel: str
     body: str  # the data as JSON text: an immutable snapshot, decoded to BSON when stored
     number: int  # the message id is origin-number, stable across retries: receivers drop a message stored twice
+    receipt: Receipt | None = None  # broadcast_stored waits on it
 
 
 @attrs.define
@@ -189,7 +190,7 @@ class MongoFanout:
 
     # --- called by the hub ------------------------------------------------------------
 
-    def publish(self, channel: str, body: str) -> None:
+    def publish(self, channel: str, body: str, receipt: Receipt | None = None) -> None:
         """Queue a broadcast (``body``: its data as JSON text) for the other
         instances (ordered: for every instance, this one included)."""
         if len(self._pending) >= self.max_pending:
@@ -204,7 +205,7 @@ class MongoFanout:
             where = "not delivered" if self.ordered else "delivered locally only"
             raise FanoutOverflow(f"{channel}: {where}; MongoDB unreachable and buffer full")
         number = next(self._ids)
-        self._pending.append(_Pending(channel, body, number))
+        self._pending.append(_Pending(channel, body, number, receipt))
         if self.ordered:  # before it is stored: the poller may read it back before the writer resumes
             self._remember_echo(f"{self.origin}-{number}", body)
         self._wake.set()
@@ -234,9 +235,14 @@ class MongoFanout:
         self._sequence.start(last_seq)
         sink.start_sequence(epoch, last_seq)
         task_status.started()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._write_forever)
-            await self._poll_forever(sink)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_forever)
+                await self._poll_forever(sink)
+        finally:
+            for item in self._pending:  # still held: nobody waits for them in vain
+                if item.receipt is not None:
+                    item.receipt.failed("the hub stopped before the broadcast was stored")
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def history(self, channel: str, after: int, upto: int) -> list[tuple[int, str]] | None:
@@ -415,10 +421,14 @@ class MongoFanout:
                     exc,
                 )
                 continue
-            for _ in batch:
+            for item in batch:
                 self._pending.popleft()
+                if item.receipt is not None and item not in refused:
+                    item.receipt.stored()
             self._stored += len(batch) - len(refused)
             for item in refused:
+                if item.receipt is not None:
+                    item.receipt.failed("MongoDB cannot store it (BSON: integers of at most 8 bytes, no NUL in keys)")
                 self._echo.pop(f"{self.origin}-{item.number}", None)
                 self._unstorable += 1
                 where = "no instance" if self.ordered else "no other instance"

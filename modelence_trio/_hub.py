@@ -24,7 +24,7 @@ import trio
 from ._actions import Actions
 from ._admission import Admission
 from ._auth import Authenticator, Identity, SessionChecker
-from ._backend import FanoutBackend
+from ._backend import FanoutBackend, Receipt
 from ._channel import ServerChannel
 from ._config import HubConfig, session_limits
 from ._connection import Connection
@@ -126,10 +126,10 @@ class Hub:
     def channels(self) -> Sequence[ServerChannel[Any]]:
         return tuple(self._router.channels.values())
 
-    def broadcast(self, channel: ServerChannel[Any], name: str, data: Any) -> None:
+    def broadcast(self, channel: ServerChannel[Any], name: str, data: Any, receipt: Receipt | None = None) -> None:
         """Encode a broadcast once and route it (``Router``): to local
         subscribers, the channel's history and the fan-out."""
-        self._router.broadcast(channel, name, data)
+        self._router.broadcast(channel, name, data, receipt)
 
     # --- the hub's own life: heartbeats and shutdown ---------------------------------
 

@@ -16,7 +16,7 @@ from typing import NoReturn
 
 import trio
 
-from ._backend import FanoutSink, FanoutStatistics, deliver_stored
+from ._backend import FanoutSink, FanoutStatistics, Receipt, deliver_stored
 from ._sequencer import Sequencer, Stored
 
 __all__ = ["MemoryBus", "MemoryFanout"]
@@ -71,8 +71,10 @@ class MemoryFanout:
         self._ids = itertools.count()
         self._stored = self._delivered = self._skipped = 0
 
-    def publish(self, channel: str, body: str) -> None:
+    def publish(self, channel: str, body: str, receipt: Receipt | None = None) -> None:
         self.bus.append(channel, body, self.origin, f"{self.origin}-{next(self._ids)}")
+        if receipt is not None:
+            receipt.stored()
         self._stored += 1
 
     async def run(self, sink: FanoutSink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:

@@ -26,7 +26,7 @@ from typing import Any
 
 import trio
 
-from ._backend import FanoutBackend
+from ._backend import FanoutBackend, Receipt
 from ._channel import ServerChannel
 from ._history import History, HistoryBook
 from ._registry import Registry
@@ -47,7 +47,9 @@ class Router:
         self.registry = Registry()
         self.histories = HistoryBook()
 
-    def broadcast(self, channel: ServerChannel[Any], name: str, data: Any) -> None:
+    def broadcast(self, channel: ServerChannel[Any], name: str, data: Any, receipt: Receipt | None = None) -> None:
+        """Route one broadcast; ``receipt`` (``broadcast_stored``) is settled
+        once the fan-out has stored it, at once without a fan-out."""
         fanout = self.fanout
         if fanout is None:  # the single-instance hot path, spelled out
             history = channel.history
@@ -55,13 +57,15 @@ class Router:
                 self.registry.deliver(name, Outgoing.from_text(encode_message(name, data)))
             else:
                 self.registry.deliver(name, self.histories.record(name, encode_data(name, data), history, _now()))
+            if receipt is not None:
+                receipt.stored()  # nothing to store
         elif fanout.ordered:
             # Every subscriber, here too, gets it from the shared sequence (deliver_in_sequence).
-            fanout.publish(name, check_sendable(encode_data(name, data)))
+            fanout.publish(name, check_sendable(encode_data(name, data)), receipt)
         else:
             body = encode_data(name, data)
             self.registry.deliver(name, Outgoing.from_text(message_frame(name, body)))  # no offsets: see history_of
-            fanout.publish(name, body)
+            fanout.publish(name, body, receipt)
 
     def history_of(self, channel: ServerChannel[Any] | None) -> History | None:
         """The history a channel's messages are recorded in here, if any.

@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from modelence_trio import Backoff, Client, Hub, ServerChannel, open_client
-from modelence_trio._fanout import FanoutOverflow, MongoFanout
+from modelence_trio._fanout import FanoutNotStored, FanoutOverflow, MongoFanout
 from modelence_trio.testing import MemoryServer, open_memory_server
 
 from .helpers import receive_json, request
@@ -475,3 +475,34 @@ async def test_after_a_reset_old_offsets_are_not_recovered(mongodb_uri: str, dat
         joined = await request(other, {"type": "join", "channel": "chat:a", "since": old})
         assert joined["recovered"] is False and joined["epoch"] == after["epoch"]
         nursery.cancel_scope.cancel()
+
+
+async def test_broadcast_stored_returns_once_the_broadcast_is_stored(
+    mongodb_uri: str, database_name: str, nursery: trio.Nursery
+) -> None:
+    proxy = Proxy(mongodb_uri)
+    await nursery.start(proxy.run)
+    async with instance(proxy.uri_through(), database_name) as (chat, a), a.client() as local:
+        await local.join("chat:a")
+        inbox = local.messages()
+        await chat.broadcast_stored("a", 1)  # reachable: stored at once
+        proxy.cut()
+        done = trio.Event()
+
+        async def durable() -> None:
+            await chat.broadcast_stored("a", 2)
+            done.set()
+
+        nursery.start_soon(durable)
+        with trio.fail_after(5):
+            assert [(await inbox.receive()).data for _ in range(2)] == [1, 2]  # local subscribers: at once
+        await trio.sleep(0.5)
+        assert not done.is_set() and fanout_of(a).statistics().pending == 1  # held, so not acknowledged
+        proxy.restore()
+        with trio.fail_after(10):
+            await done.wait()
+        with connect(mongodb_uri) as client:
+            stored = [doc["data"] for doc in client[database_name]["_modelenceSocketio"].find().sort("seq", 1)]
+        assert stored == [1, 2]
+        with pytest.raises(FanoutNotStored, match="BSON"):
+            await chat.broadcast_stored("a", 2**70)

@@ -83,3 +83,19 @@ async def test_fanout_and_config_are_given_before_the_hub_runs(nursery: trio.Nur
         hub.config = HubConfig()
     with pytest.raises(RuntimeError, match="before it starts"):
         hub.use_fanout(MemoryFanout(MemoryBus()))
+
+
+async def test_broadcast_stored_without_a_fanout_returns_at_once() -> None:
+    from modelence_trio.testing import MemoryBus, MemoryFanout
+
+    chat: ServerChannel[Any] = ServerChannel("chat")
+    async with open_memory_server(Hub([chat])) as server, server.client() as client:
+        await client.join("chat:a")
+        inbox = client.messages()
+        await chat.broadcast_stored("a", "x")
+        assert (await inbox.receive()).data == "x"
+    other: ServerChannel[Any] = ServerChannel("chat")
+    bus = MemoryBus()
+    async with open_memory_server(Hub([other], fanout=MemoryFanout(bus))):
+        await other.broadcast_stored("a", "y")
+        assert [item.body for item in bus.stored] == ['"y"']
