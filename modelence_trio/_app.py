@@ -11,7 +11,7 @@ import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import hypercorn.config
@@ -26,6 +26,9 @@ from ._config import HubConfig
 from ._fanout import MongoFanout
 from ._hub import Hub
 from ._methods import HttpResponse, Method, MethodRateLimit, call_method
+
+if TYPE_CHECKING:
+    from ._fanout import MongoTarget
 
 __all__ = ["App", "Module"]
 
@@ -86,9 +89,11 @@ class App:
     :meth:`serve`. Its hub (``app.hub``) can also be served by
     :func:`serve_websocket` on another port, the faster transport.
 
-    With ``mongodb_uri`` (or a ready ``fanout``), several instances of the app
-    share one MongoDB and behave as one server (docs/fanout.md); without,
-    broadcasts stay in this process.
+    With ``mongodb`` (a URI, a ``MongoClient`` or a ``Database``: one client
+    may serve the app's own code and ``MongoSessionAuthenticator`` too) or a
+    ready ``fanout``, several instances of the app share one MongoDB and
+    behave as one server (docs/fanout.md); without, broadcasts stay in this
+    process.
 
     Example::
 
@@ -109,7 +114,7 @@ class App:
         max_request_size: int = 1024 * 1024,
         request_timeout: float = 30.0,
         methods_per_second: float | None = 50.0,
-        mongodb_uri: str | None = None,
+        mongodb: MongoTarget | None = None,
         fanout: FanoutBackend | None = None,
     ) -> None:
         self.modules = tuple(modules)
@@ -131,8 +136,10 @@ class App:
                 self._methods[f"{module.name}.{name}"] = method
         if not websocket_path.startswith("/"):
             raise ValueError(f"websocket_path must start with '/': {websocket_path!r}")
-        if mongodb_uri is not None and fanout is None:
-            fanout = MongoFanout.from_uri(mongodb_uri)
+        if mongodb is not None:
+            if fanout is not None:
+                raise ValueError("give the App mongodb or fanout, not both")
+            fanout = MongoFanout(mongodb)
         every_channel = [c for m in self.modules for c in m.channels]
         self.hub = Hub(every_channel, authenticator=authenticator, config=config, fanout=fanout)
         self.websocket_path = websocket_path

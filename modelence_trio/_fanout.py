@@ -40,10 +40,15 @@ from ._util import Backoff
 from .protocol import encode_data
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from pymongo.collection import Collection
     from pymongo.database import Database
 
-__all__ = ["FanoutNotStored", "FanoutOverflow", "FanoutStatistics", "MongoFanout"]
+    #: Where a MongoDB backend lives: a URI, a client or a database.
+    MongoTarget: TypeAlias = str | pymongo.MongoClient[Any] | Database[Any]
+
+__all__ = ["FanoutNotStored", "FanoutOverflow", "FanoutStatistics", "MongoFanout", "database_of"]
 
 logger = logging.getLogger("modelence_trio.fanout")
 
@@ -101,6 +106,19 @@ class _Probe:
     indexed: bool  # the seq and TTL indexes are there
 
 
+def database_of(target: MongoTarget) -> Database[Any]:
+    """The database to use from a URI (a new client with timeouts that notice
+    an outage in seconds; the URI's database, or ``modelence``), a client
+    (its default database, or ``modelence``) or a database (itself)."""
+    if isinstance(target, str):
+        target = pymongo.MongoClient(
+            target, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000, socketTimeoutMS=10000
+        )
+    if isinstance(target, pymongo.MongoClient):
+        return target.get_default_database("modelence")
+    return target
+
+
 def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -110,9 +128,12 @@ class MongoFanout:
     via ``mongodb_uri``); the hub runs it and feeds it every broadcast.
 
     Args:
-        database: where the collections live (``client.get_database(...)``).
-            Give the client short timeouts (``serverSelectionTimeoutMS``) so an
-            outage is noticed in seconds; ``from_uri`` does.
+        database: where the collections live: a ``Database``, a
+            ``MongoClient`` (its default database, or ``modelence``) or a URI
+            (see :func:`database_of`). One client may serve the fan-out, the
+            session authenticator and the app's own code. Give it short
+            timeouts (``serverSelectionTimeoutMS``) so an outage is noticed in
+            seconds; a URI gets them.
         ttl: seconds a stored broadcast is kept (TTL index on ``createdAt``).
         poll_interval: seconds between polls when there is nothing new.
         batch_size: documents per insert and per poll; a full poll batch is
@@ -140,7 +161,7 @@ class MongoFanout:
 
     def __init__(
         self,
-        database: Database[Any],
+        database: MongoTarget,
         *,
         ttl: float = 60.0,
         poll_interval: float = 0.05,
@@ -154,7 +175,7 @@ class MongoFanout:
         reset_margin: float = 5.0,
         ordered: bool = False,
     ) -> None:
-        self.database = database
+        self.database = database = database_of(database)
         self.ordered = ordered
         self.epoch: str | None = None  # the collection's, once prepared
         self.ttl = ttl
@@ -183,10 +204,7 @@ class MongoFanout:
     @classmethod
     def from_uri(cls, uri: str, **options: Any) -> MongoFanout:
         """Connect to ``uri`` (its database, or ``modelence``) with timeouts fit for outages."""
-        client: pymongo.MongoClient[Any] = pymongo.MongoClient(
-            uri, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000, socketTimeoutMS=10000
-        )
-        return cls(client.get_default_database("modelence"), **options)
+        return cls(database_of(uri), **options)
 
     # --- called by the hub ------------------------------------------------------------
 

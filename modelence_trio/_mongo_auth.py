@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ._auth import Identity, User
+from ._fanout import database_of
 
 if TYPE_CHECKING:
-    from pymongo.database import Database
+    from ._fanout import MongoTarget
 
 __all__ = ["MongoSessionAuthenticator"]
 
@@ -43,7 +44,9 @@ class MongoSessionAuthenticator:
     disabled user closes the connection, and changed roles take effect.
     """
 
-    def __init__(self, database: Database[Any], *, threads: int = 4) -> None:
+    def __init__(self, database: MongoTarget, *, threads: int = 4) -> None:
+        """``database``: a ``Database``, a ``MongoClient`` or a URI, as for ``MongoFanout``."""
+        database = database_of(database)
         self._sessions = database[SESSIONS]
         self._users = database[USERS]
         self._limiter = trio.CapacityLimiter(threads)

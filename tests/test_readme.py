@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from modelence_trio import App, Hub, JoinRefused, MemoryAuthenticator, ServerChannel, User, open_client
+from modelence_trio import App, Hub, JoinRefused, MemoryAuthenticator, MongoFanout, ServerChannel, User, open_client
 from modelence_trio.testing import open_memory_server
 
 from .test_app import http
@@ -61,3 +61,19 @@ async def test_the_multi_instance_testing_snippet(autojump_clock: trio.testing.M
     namespace: dict[str, Any] = {}
     exec(compile(readme_block("# several instances in one test"), "README.md", "exec"), namespace)
     await namespace["test_every_instance_gets_it"](autojump_clock)
+
+
+async def test_the_shared_mongodb_client_snippet(mongodb_uri: str, database_name: str, nursery: trio.Nursery) -> None:
+    code = readme_block("# one MongoDB client for everything")
+    code = code.replace("mongodb://127.0.0.1:27017/?directConnection=true", mongodb_uri)
+    code = code.replace('get_database("myapp")', f'get_database("{database_name}")')
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    app: App = namespace["app"]
+    fanout = app.hub.fanout
+    assert isinstance(fanout, MongoFanout) and fanout.database is namespace["database"]  # one client, not three
+    await nursery.start(app.serve, "127.0.0.1", 0)
+    assert fanout.epoch is not None  # the fan-out prepared its collections through that client
+    await namespace["chat"].broadcast_stored("lobby", "stored through the shared client")
+    stored = namespace["database"]["_modelenceSocketio"].find_one()
+    assert stored is not None and stored["data"] == "stored through the shared client"
