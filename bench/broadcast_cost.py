@@ -26,6 +26,9 @@ class _Counting:
     def send(self, frame: Any) -> None:
         self.received += 1
 
+    def send_many(self, frames: list[Any]) -> None:
+        self.received += len(frames)
+
 
 def measure(history: History | None, channels: int = 1000, rounds: int = 20, reps: int = 7) -> float:
     channel: ServerChannel[Any] = ServerChannel("user", history=history)

@@ -164,9 +164,15 @@ def tune_gc(gc_mode: str) -> None:
 
 
 async def main(
-    port: int, gc_mode: str, mongodb_uri: str | None = None, poll_interval: float = 0.05, ttl: float = 60
+    port: int,
+    gc_mode: str,
+    mongodb_uri: str | None = None,
+    poll_interval: float = 0.05,
+    ttl: float = 60,
+    ttl_index: bool = False,
 ) -> None:
-    fanout = MongoFanout.from_uri(mongodb_uri, poll_interval=poll_interval, ttl=ttl) if mongodb_uri else None
+    options = {"poll_interval": poll_interval, "ttl": ttl, "ttl_index": ttl_index}
+    fanout = MongoFanout.from_uri(mongodb_uri, **options) if mongodb_uri else None
     hub = Hub(channels.values(), config=BENCH_CONFIG, fanout=fanout)
     listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
     tune_gc(gc_mode)
@@ -219,9 +225,10 @@ if __name__ == "__main__":
     parser.add_argument("--no-history", action="store_true", help="channels keep no recovery history (no offsets)")
     parser.add_argument("--poll-interval", type=float, default=0.05, help="fan-out poll interval, seconds")
     parser.add_argument("--ttl", type=float, default=60, help="fan-out TTL of stored broadcasts, seconds")
+    parser.add_argument("--ttl-index", action="store_true", help="expire them with MongoDB's TTL index")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
         if args.transport == "hypercorn":
             trio.run(main_hypercorn, args.port, args.gc)
         else:
-            trio.run(main, args.port, args.gc, args.mongodb_uri, args.poll_interval, args.ttl)
+            trio.run(main, args.port, args.gc, args.mongodb_uri, args.poll_interval, args.ttl, args.ttl_index)

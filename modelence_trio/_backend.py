@@ -11,6 +11,7 @@ Trio program, for tests) another; docs/architecture.md says how to add one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, NoReturn, Protocol
 
 import attrs
@@ -35,29 +36,30 @@ logger = logging.getLogger("modelence_trio.fanout")
 
 
 class FanoutSink(Protocol):
-    """What a backend delivers into: the hub's ``Router``. ``body`` is the
-    broadcast's data as JSON text (``protocol.encode_data``)."""
+    """What a backend delivers into: the hub's ``Router``."""
 
-    def deliver(self, channel: str, body: str) -> int: ...
-
-    def deliver_in_sequence(self, channel: str, body: str, seq: int) -> None: ...
+    def deliver_batch(self, items: Sequence[tuple[str, str, int]], *, ordered: bool) -> int:
+        """Deliver ``(channel, body, seq)`` in order, ``body`` the data's JSON
+        text (``protocol.encode_data``); ``ordered``: ``seq`` is the offset.
+        One call per batch read, so that a subscriber gets the batch in one
+        write. Returns how many were delivered."""
+        ...
 
     def start_sequence(self, epoch: str, seq: int) -> None: ...
 
 
-def deliver_stored(item: Stored, sink: FanoutSink, *, ordered: bool) -> bool:
-    """Hand one broadcast read from a backend to the hub; ``False`` (logged)
-    if it cannot be encoded. Every backend delivers through this."""
-    try:
-        body = item.body if item.body is not None else encode_data(item.channel, item.data)
-        if ordered:
-            sink.deliver_in_sequence(item.channel, body, item.seq)
-        else:
-            sink.deliver(item.channel, body)
-    except (TypeError, ValueError):
-        logger.exception("fan-out: cannot encode the broadcast with sequence %s; skipped", item.seq)
-        return False
-    return True
+def deliver_stored(items: Iterable[Stored], sink: FanoutSink, *, ordered: bool) -> int:
+    """Hand the broadcasts of one read to the hub, skipping (and logging)
+    those that cannot be encoded. Every backend delivers through this."""
+    batch = []
+    for item in items:
+        try:
+            body = item.body if item.body is not None else encode_data(item.channel, item.data)
+        except TypeError:
+            logger.exception("fan-out: cannot encode the broadcast with sequence %s; skipped", item.seq)
+            continue
+        batch.append((item.channel, body, item.seq))
+    return sink.deliver_batch(batch, ordered=ordered) if batch else 0
 
 
 class FanoutOverflow(RuntimeError):
@@ -116,7 +118,7 @@ class FanoutBackend(Protocol):
     """What the hub needs of a fan-out backend.
 
     ``ordered``: every broadcast, this instance's own included, is delivered
-    from the shared sequence (``deliver_in_sequence``), whose numbers are the
+    from the shared sequence (``deliver_batch(ordered=True)``), whose numbers are the
     messages' offsets, so recovery works across instances; otherwise an
     instance delivers its own at once and the others' with ``deliver``.
     """

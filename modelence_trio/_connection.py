@@ -20,6 +20,10 @@ from .protocol import CloseCode, ServerFrame, encode
 
 __all__ = ["Connection"]
 
+#: The most ``send_many`` joins into one non-blocking write: an unwritten tail
+#: waits in the transport, outside the queue's byte count.
+_JOINED_WRITE = 64 * 1024
+
 logger = logging.getLogger("modelence_trio")
 
 
@@ -79,6 +83,23 @@ class Connection:
         self.queue.append(frame)
         self.queued_bytes += len(frame.wire)
         self.kick()
+
+    def send_many(self, frames: list[Outgoing]) -> None:
+        """``send`` for each frame, with one write for all of them while
+        nothing is queued (a batch of broadcasts read from the fan-out)."""
+        if self.close_reason is not None:
+            return
+        if not self.queue:
+            wire = b"".join(frame.wire for frame in frames)
+            if len(wire) <= _JOINED_WRITE:  # what the transport may hold beyond the queue's bound
+                result = self.transport.send_nowait(wire)
+                if result is SendResult.SENT:
+                    return
+                if result is SendResult.FLUSH:
+                    self.kick()
+                    return
+        for frame in frames:
+            self.send(frame)
 
     def reply(self, frame: ServerFrame) -> None:
         self.send(Outgoing.from_text(encode(frame)))

@@ -22,6 +22,7 @@ import datetime
 import itertools
 import json
 import logging
+import random
 import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -134,8 +135,19 @@ class MongoFanout:
             session authenticator and the app's own code. Give it short
             timeouts (``serverSelectionTimeoutMS``) so an outage is noticed in
             seconds; a URI gets them.
-        ttl: seconds a stored broadcast is kept (TTL index on ``createdAt``).
+        ttl: seconds a stored broadcast is kept: every instance removes older
+            ones every quarter of it (a range delete on ``createdAt``), so
+            documents live between ``ttl`` and 1.25 ``ttl``.
+        ttl_index: let MongoDB expire them instead, with a TTL index on
+            ``createdAt`` (the reference's way: expiry goes on while every
+            instance is down). Off by default: some servers (nx-27017) purge
+            TTL collections on every read, which makes each poll scan the
+            collection (docs/fanout.md, Measured).
         poll_interval: seconds between polls when there is nothing new.
+        busy_poll_interval: seconds between polls while they find new
+            broadcasts (at most ``poll_interval``): under traffic the next
+            broadcast is found sooner, at the price of more queries only
+            while there is traffic.
         batch_size: documents per insert and per poll; a full poll batch is
             followed at once by the next poll.
         max_pending: broadcasts held while the database is unreachable; past
@@ -164,7 +176,9 @@ class MongoFanout:
         database: MongoTarget,
         *,
         ttl: float = 60.0,
+        ttl_index: bool = False,
         poll_interval: float = 0.05,
+        busy_poll_interval: float = 0.01,
         batch_size: int = 500,
         max_pending: int = 10_000,
         gap_timeout: float = 2.0,
@@ -179,12 +193,14 @@ class MongoFanout:
         self.ordered = ordered
         self.epoch: str | None = None  # the collection's, once prepared
         self.ttl = ttl
+        self.ttl_index = ttl_index
         self.poll_interval = poll_interval
         self.batch_size = batch_size
         self.max_pending = max_pending
         self.gap_timeout = gap_timeout
         self.retry = Backoff(initial=retry_initial, maximum=retry_maximum)
         self.probe_interval = probe_interval
+        self.busy_poll_interval = min(busy_poll_interval, poll_interval)
         self.reset_margin = reset_margin
         self.origin = secrets.token_hex(8)
         self._collection: Collection[Any] = database[COLLECTION]
@@ -256,6 +272,8 @@ class MongoFanout:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_forever)
+                if not self.ttl_index:
+                    nursery.start_soon(self._purge_forever)
                 await self._poll_forever(sink)
         finally:
             for item in self._pending:  # still held: nobody waits for them in vain
@@ -303,6 +321,14 @@ class MongoFanout:
 
     def _ensure_indexes(self) -> None:
         self._collection.create_index("seq", unique=True)
+        if not self.ttl_index:
+            try:
+                self._collection.create_index("createdAt")  # for the purge's range delete
+            except pymongo.errors.OperationFailure as exc:
+                if exc.code not in INDEX_OPTIONS_CONFLICT:
+                    raise
+                # A TTL index is there (the reference's, or ttl_index=True before): it expires documents too.
+            return
         try:
             self._collection.create_index("createdAt", expireAfterSeconds=int(self.ttl))
         except pymongo.errors.OperationFailure as exc:
@@ -312,6 +338,10 @@ class MongoFanout:
             logger.info("replacing the TTL index on %s.createdAt (%s)", COLLECTION, exc)
             self._collection.drop_index("createdAt_1")
             self._collection.create_index("createdAt", expireAfterSeconds=int(self.ttl))
+
+    def _purge(self) -> None:
+        cutoff = _utcnow() - datetime.timedelta(seconds=self.ttl)
+        self._collection.delete_many({"createdAt": {"$lt": cutoff}})
 
     def _ensure_epoch(self, replacing: str | None = None) -> str:
         """The epoch names this collection's sequence: the first instance
@@ -332,7 +362,7 @@ class MongoFanout:
             str(found["epoch"]["value"]) if "epoch" in found else None,
             int(found[COLLECTION]["seq"]) if COLLECTION in found else 0,
             int(newest["seq"]) if newest else 0,
-            bool(by_key.get("seq", {}).get("unique")) and "expireAfterSeconds" in by_key.get("createdAt", {}),
+            bool(by_key.get("seq", {}).get("unique")) and "createdAt" in by_key,
         )
 
     def _restart_after_reset(self, old_epoch: str | None, cutoff: datetime.datetime) -> tuple[str, int]:
@@ -484,9 +514,19 @@ class MongoFanout:
                 logger.warning(
                     "fan-out: gave up on %d sequence number(s) (gap), now at %d", step.skipped, sequence.last_seq
                 )
-            self._delivered += sum(deliver_stored(item, sink, ordered=self.ordered) for item in step.deliver)
+            self._delivered += deliver_stored(step.deliver, sink, ordered=self.ordered)
             if step.waiting or len(docs) < self.batch_size:
-                await trio.sleep(self.poll_interval)
+                # Traffic (docs came): the next ones are likely stored already or soon: look again sooner.
+                await trio.sleep(self.poll_interval if not docs else self.busy_poll_interval)
+
+    async def _purge_forever(self) -> NoReturn:
+        """Remove what is older than ``ttl``, every quarter of it (jittered,
+        so that instances take turns); an outage is the other tasks' to report."""
+        interval = max(1.0, self.ttl / 4)
+        while True:
+            await trio.sleep(interval * random.uniform(0.75, 1.25))
+            with contextlib.suppress(pymongo.errors.PyMongoError):
+                await self._db(self._purge)
 
     async def _check_database(self, sink: FanoutSink) -> None:
         """Notice a database that is not the one prepared any more, and carry on with it."""

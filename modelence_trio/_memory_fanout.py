@@ -87,7 +87,7 @@ class MemoryFanout:
             await self.bus.wait_after(sequence.last_seq)
             step = sequence.feed(self.bus.after(sequence.last_seq, self.batch_size), trio.current_time())
             self._skipped += step.skipped
-            self._delivered += sum(deliver_stored(item, sink, ordered=self.ordered) for item in step.deliver)
+            self._delivered += deliver_stored(step.deliver, sink, ordered=self.ordered)
             await trio.lowlevel.checkpoint()
 
     async def history(self, channel: str, after: int, upto: int) -> list[tuple[int, str]] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -10,9 +11,13 @@ __all__ = ["Registry", "RegistryStatistics", "Subscriber"]
 
 
 class Subscriber(Protocol):
-    """Anything that can take an encoded frame without blocking."""
+    """Anything that can take encoded frames without blocking."""
 
     def send(self, frame: Any) -> None: ...
+
+    def send_many(self, frames: list[Any]) -> None:
+        """Several frames, in order, in one write where possible."""
+        ...
 
 
 @attrs.frozen
@@ -77,6 +82,26 @@ class Registry:
         for subscriber in tuple(subscribers):
             subscriber.send(frame)
         return len(subscribers)
+
+    def deliver_many(self, frames: Sequence[tuple[str, Any]]) -> None:
+        """Deliver ``(channel, frame)`` pairs in order; each subscriber gets its
+        share in one ``send_many`` (one write for a batch from the fan-out)."""
+        if len(frames) == 1:
+            self.deliver(*frames[0])
+            return
+        shares: dict[Subscriber, list[Any]] = {}
+        for channel, frame in frames:
+            for subscriber in self._by_channel.get(channel, ()):
+                share = shares.get(subscriber)
+                if share is None:
+                    shares[subscriber] = [frame]
+                else:
+                    share.append(frame)
+        for subscriber, share in shares.items():
+            if len(share) == 1:
+                subscriber.send(share[0])
+            else:
+                subscriber.send_many(share)
 
     def statistics(self) -> RegistryStatistics:
         return RegistryStatistics(

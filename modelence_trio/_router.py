@@ -20,8 +20,9 @@ queued for another instance).
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import trio
@@ -34,6 +35,8 @@ from ._wire import Outgoing, check_sendable
 from .protocol import Since, encode_data, encode_message, message_frame
 
 __all__ = ["Router"]
+
+logger = logging.getLogger("modelence_trio.fanout")
 
 
 class Router:
@@ -60,7 +63,7 @@ class Router:
             if receipt is not None:
                 receipt.stored()  # nothing to store
         elif fanout.ordered:
-            # Every subscriber, here too, gets it from the shared sequence (deliver_in_sequence).
+            # Every subscriber, here too, gets it from the shared sequence (deliver_batch).
             fanout.publish(name, check_sendable(encode_data(name, data)), receipt)
         else:
             body = encode_data(name, data)
@@ -84,18 +87,25 @@ class Router:
         if self.fanout is not None and self.fanout.ordered:
             self.histories.reset(epoch, seq)
 
-    def deliver_in_sequence(self, name: str, body: str, seq: int) -> None:
-        """A broadcast of any instance, ours included, in the shared order."""
-        history = self.history_of(self.channels.get(name.partition(":")[0]))
-        if history is None:
-            frame = Outgoing.from_text(message_frame(name, body))
-        else:
-            frame = self.histories.record(name, body, history, _now(), seq)
-        self.registry.deliver(name, frame)
-
-    def deliver(self, name: str, body: str) -> int:
-        """Another instance's broadcast, for local subscribers only."""
-        return self.registry.deliver(name, Outgoing.from_text(message_frame(name, body)))
+    def deliver_batch(self, items: Sequence[tuple[str, str, int]], *, ordered: bool) -> int:
+        """Broadcasts read from the fan-out, in order: other instances' (and,
+        ordered, ours too, with their sequence numbers as offsets). Each
+        subscriber gets its share of the batch in one write."""
+        frames: list[tuple[str, Outgoing]] = []
+        histories, channels = self.histories, self.channels
+        for name, body, seq in items:
+            try:
+                history = self.history_of(channels.get(name.partition(":")[0])) if ordered else None
+                if history is None:
+                    frame = Outgoing.from_text(message_frame(name, body))
+                else:
+                    frame = histories.record(name, body, history, _now(), seq)
+            except ValueError:
+                logger.exception("fan-out: cannot send the broadcast with sequence %s; skipped", seq)
+                continue
+            frames.append((name, frame))
+        self.registry.deliver_many(frames)
+        return len(frames)
 
     # --- recovery -------------------------------------------------------------------------
 

@@ -15,8 +15,12 @@ class Proxy:
     """Forwards TCP to the database until ``cut()``: then every connection is
     dropped and new ones are refused (closed at once) until ``restore()``."""
 
-    def __init__(self, uri: str) -> None:
-        """``uri``: where to forward, as ``scheme://host:port/...``."""
+    def __init__(self, uri: str, *, delay: float = 0.0) -> None:
+        """``uri``: where to forward, as ``scheme://host:port/...``; ``delay``:
+        seconds each chunk waits before it is forwarded, each way (a slow or
+        distant database; ``delay`` may be changed while it runs)."""
+        self.delay = delay
+        self.requests = 0  # chunks forwarded to the server: about one per request
         where = urlsplit(uri)
         self.target = (where.hostname or "127.0.0.1", where.port or 80)
         self.uri = uri
@@ -53,8 +57,8 @@ class Proxy:
             try:
                 server = await trio.open_tcp_stream(*self.target)
                 async with server, trio.open_nursery() as nursery:
-                    nursery.start_soon(self._pipe, client, server, nursery.cancel_scope)
-                    nursery.start_soon(self._pipe, server, client, nursery.cancel_scope)
+                    nursery.start_soon(self._pipe, client, server, nursery.cancel_scope, self, True)
+                    nursery.start_soon(self._pipe, server, client, nursery.cancel_scope, self, False)
             except OSError:
                 pass
             finally:
@@ -62,9 +66,14 @@ class Proxy:
         await trio.aclose_forcefully(client)
 
     @staticmethod
-    async def _pipe(source: trio.SocketStream, sink: trio.SocketStream, done: trio.CancelScope) -> None:
+    async def _pipe(
+        source: trio.SocketStream, sink: trio.SocketStream, done: trio.CancelScope, proxy: Proxy, upstream: bool
+    ) -> None:
         try:
             while data := await source.receive_some(65536):
+                proxy.requests += upstream
+                if proxy.delay:
+                    await trio.sleep(proxy.delay)
                 await sink.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass

@@ -379,7 +379,7 @@ async def test_a_reset_database_loses_nothing(
         indexes = client[database_name]["_modelenceSocketio"].index_information()
     by_key = {info["key"][0][0]: info for info in indexes.values()}  # names differ between servers
     assert by_key["seq"].get("unique") is True
-    assert by_key["createdAt"]["expireAfterSeconds"] == 60
+    assert "createdAt" in by_key  # what the purge deletes by
 
 
 async def test_a_removed_counter_is_repaired_without_loss(
@@ -506,3 +506,51 @@ async def test_broadcast_stored_returns_once_the_broadcast_is_stored(
         assert stored == [1, 2]
         with pytest.raises(FanoutNotStored, match="BSON"):
             await chat.broadcast_stored("a", 2**70)
+
+
+@pytest.mark.parametrize("ttl_index", [False, True])
+async def test_stored_broadcasts_expire_after_the_ttl(mongodb_uri: str, database_name: str, ttl_index: bool) -> None:
+    # By the instances' own purge (default) or by MongoDB's TTL index.
+    async with instance(mongodb_uri, database_name, ttl=1, ttl_index=ttl_index) as (chat, _):
+        await chat.broadcast_stored("a", "old")
+        with connect(mongodb_uri) as client:
+            collection = client[database_name]["_modelenceSocketio"]
+            assert collection.count_documents({}) == 1
+            by_key = {info["key"][0][0]: info for info in collection.index_information().values()}
+            assert ("expireAfterSeconds" in by_key["createdAt"]) is ttl_index
+            with trio.fail_after(70):  # MongoDB's TTL monitor runs once a minute
+                while collection.find_one({}) is not None:  # a read (nx-27017 purges TTL collections on reads)
+                    await trio.sleep(0.2)
+
+
+async def test_a_slow_database_loses_nothing_and_duplicates_nothing(
+    mongodb_uri: str, database_name: str, nursery: trio.Nursery
+) -> None:
+    # Every round trip to MongoDB takes 100 ms more, for both instances; then,
+    # for a moment, longer than the client's socket timeout allows (timed-out
+    # writes that did succeed are stored twice: the copies are dropped).
+    proxy_a, proxy_b = Proxy(mongodb_uri, delay=0.05), Proxy(mongodb_uri, delay=0.05)
+    for proxy in (proxy_a, proxy_b):
+        await nursery.start(proxy.run)
+    async with (
+        instance(proxy_a.uri_through(), database_name) as (chat_a, a),
+        instance(proxy_b.uri_through(), database_name) as (_, b),
+        b.client() as reader,
+    ):
+        await reader.join("chat:shared")
+        got: list[Any] = []
+        async with trio.open_nursery() as inner:
+            inner.start_soon(collect, reader, 150, got)
+            for n in range(100):
+                chat_a.broadcast("shared", n)
+                await trio.sleep(0.005)
+            proxy_a.delay = proxy_b.delay = 4.0  # round trips longer than socketTimeoutMS (3 s here)
+            for n in range(100, 150):
+                chat_a.broadcast("shared", n)
+                await trio.sleep(0.01)
+            await trio.sleep(5)
+            proxy_a.delay = proxy_b.delay = 0.05
+        assert got == list(range(150))  # in order, none lost, none twice
+        stats_a, stats_b = fanout_of(a).statistics(), fanout_of(b).statistics()
+        assert stats_a.pending == 0
+        assert stats_a.write_failures + stats_b.read_failures > 0  # the timeouts did happen

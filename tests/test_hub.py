@@ -64,6 +64,9 @@ class Sink:
     def send(self, frame: str) -> None:
         self.got.append(frame)
 
+    def send_many(self, frames: list[str]) -> None:
+        self.got.extend(frames)
+
 
 def test_registry_both_directions() -> None:
     registry = Registry()

@@ -19,6 +19,10 @@ class Peer:
     def send(self, frame: tuple[str, int]) -> None:
         self.received.append(frame)
 
+    def send_many(self, frames: list[tuple[str, int]]) -> None:
+        assert len(frames) > 1  # one frame goes through send
+        self.received.extend(frames)
+
 
 class RegistryMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
@@ -55,6 +59,17 @@ class RegistryMachine(RuleBasedStateMachine):
         assert count == len(receivers)
         for p in receivers:
             self.expected[p].append(frame)
+
+    @rule(channels=st.lists(CHANNELS, min_size=1, max_size=6))
+    def batch_from_the_fanout(self, channels: list[str]) -> None:
+        # A poll's batch: each peer gets exactly its channels' frames, in order.
+        frames = []
+        for channel in channels:
+            self.counter += 1
+            frames.append((channel, (channel, self.counter)))
+        self.registry.deliver_many(frames)
+        for p, joined in self.model.items():
+            self.expected[p].extend(frame for channel, frame in frames if channel in joined)
 
     @invariant()
     def matches_the_model(self) -> None:
