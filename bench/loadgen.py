@@ -52,11 +52,14 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def masked_text(payload: bytes) -> bytes:
+def masked_text(payload: bytes, opcode: int = 0x1) -> bytes:
     mask = b"\x01\x02\x03\x04"
     body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     assert len(payload) < 126
-    return bytes((0x81, 0x80 | len(payload))) + mask + body
+    return bytes((0x80 | opcode, 0x80 | len(payload))) + mask + body
+
+
+PING, PONG = 0x9, 0xA
 
 
 class Subscriber:
@@ -95,7 +98,7 @@ class Subscriber:
         if not data:
             raise EOFError("server closed the connection")
         buf = self.buffer + data
-        out, pos, size = [], 0, len(buf)
+        out, pings, pos, size = [], [], 0, len(buf)
         while size - pos >= 2:
             length = buf[pos + 1] & 0x7F
             start = pos + 2
@@ -109,9 +112,14 @@ class Subscriber:
                 length, start = int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10
             if size < start + length:
                 break
-            out.append(buf[start : start + length])
+            if buf[pos] & 0x0F == PING:  # the server's heartbeat: answer it, or runs past a minute end in 4003
+                pings.append(buf[start : start + length])
+            else:
+                out.append(buf[start : start + length])
             pos = start + length
         self.buffer = buf[pos:]
+        for payload in pings:
+            await self.stream.send_all(masked_text(payload, PONG))
         return out
 
     async def receive(self, expected: int, stats: dict[str, float]) -> None:

@@ -355,8 +355,10 @@ class MongoFanout:
         return str(epoch["value"])
 
     def _probe(self) -> _Probe:
-        found = {doc["_id"]: doc for doc in self._counters.find({"_id": {"$in": ["epoch", COLLECTION]}})}
+        # The newest document first, then the counter: numbers are reserved
+        # before they are stored, so a healthy counter read later is never behind.
         newest = self._collection.find_one(sort=[("seq", -1)], projection={"seq": 1})
+        found = {doc["_id"]: doc for doc in self._counters.find({"_id": {"$in": ["epoch", COLLECTION]}})}
         by_key = {info["key"][0][0]: info for info in self._collection.index_information().values()}
         return _Probe(
             str(found["epoch"]["value"]) if "epoch" in found else None,

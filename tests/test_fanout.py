@@ -554,3 +554,27 @@ async def test_a_slow_database_loses_nothing_and_duplicates_nothing(
         stats_a, stats_b = fanout_of(a).statistics(), fanout_of(b).statistics()
         assert stats_a.pending == 0
         assert stats_a.write_failures + stats_b.read_failures > 0  # the timeouts did happen
+
+
+async def test_checks_under_traffic_see_no_reset(
+    mongodb_uri: str, database_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The database checks run while the writer reserves and stores: a healthy
+    # database is never taken for a reset or a counter left behind.
+    caplog.set_level(logging.WARNING, logger="modelence_trio.fanout")
+    async with (
+        instance(mongodb_uri, database_name, probe_interval=0.005) as (chat_a, a),
+        instance(mongodb_uri, database_name, probe_interval=0.005) as (_, b),
+        b.client() as reader,
+    ):
+        await reader.join("chat:shared")
+        got: list[Any] = []
+        async with trio.open_nursery() as inner:
+            inner.start_soon(collect, reader, 400, got)
+            for n in range(400):
+                chat_a.broadcast("shared", n)
+                if n % 4 == 0:
+                    await trio.sleep(0.002)
+        assert got == list(range(400))
+        assert fanout_of(a).statistics().resets == fanout_of(b).statistics().resets == 0
+        assert "behind" not in caplog.text and "reset" not in caplog.text
