@@ -578,3 +578,39 @@ async def test_checks_under_traffic_see_no_reset(
         assert got == list(range(400))
         assert fanout_of(a).statistics().resets == fanout_of(b).statistics().resets == 0
         assert "behind" not in caplog.text and "reset" not in caplog.text
+
+
+async def test_a_dropped_collection_gets_its_indexes_again(
+    mongodb_uri: str, database_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The collection alone is dropped (the counter and epoch stay): the
+    # sequence goes on, nothing is lost, and the indexes are made again.
+    caplog.set_level(logging.WARNING, logger="modelence_trio.fanout")
+    async with (
+        instance(mongodb_uri, database_name, probe_interval=0.2) as (chat_a, _),
+        instance(mongodb_uri, database_name, probe_interval=0.2) as (_, b),
+        b.client() as reader,
+    ):
+        await reader.join("chat:shared")
+        got: list[Any] = []
+        async with trio.open_nursery() as inner:
+            inner.start_soon(collect, reader, 40, got)
+            for n in range(20):
+                chat_a.broadcast("shared", n)
+            with trio.fail_after(10):
+                while len(got) < 20:
+                    await trio.sleep(0.01)
+            with connect(mongodb_uri) as client:
+                client[database_name].drop_collection("_modelenceSocketio")
+            for n in range(20, 40):
+                chat_a.broadcast("shared", n)
+                await trio.sleep(0.02)
+            with trio.fail_after(10):
+                while "indexes" not in caplog.text:
+                    await trio.sleep(0.05)
+        assert got == list(range(40))
+        assert fanout_of(b).statistics().resets == 0
+        with connect(mongodb_uri) as client:
+            indexes = client[database_name]["_modelenceSocketio"].index_information()
+        by_key = {info["key"][0][0]: info for info in indexes.values()}
+        assert by_key["seq"].get("unique") is True and "createdAt" in by_key
