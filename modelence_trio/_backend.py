@@ -120,7 +120,7 @@ class FanoutBackend(Protocol):
     ``ordered``: every broadcast, this instance's own included, is delivered
     from the shared sequence (``deliver_batch(ordered=True)``), whose numbers are the
     messages' offsets, so recovery works across instances; otherwise an
-    instance delivers its own at once and the others' with ``deliver``.
+    instance delivers its own at once and the others' with ``deliver_batch``.
     """
 
     ordered: bool

@@ -55,7 +55,10 @@ logger = logging.getLogger("modelence_trio.fanout")
 
 COLLECTION = "_modelenceSocketio"  # the reference's name
 COUNTERS = "_modelenceSocketioCounters"
-INDEX_OPTIONS_CONFLICT = (85, 86)  # IndexOptionsConflict, IndexKeySpecsConflict
+INDEX_OPTIONS_CONFLICT = (85, 86)
+MAX_DOCUMENT = (
+    16 * 1024 * 1024 - 16 * 1024
+)  # MongoDB's BSON limit, with room for the insert command  # IndexOptionsConflict, IndexKeySpecsConflict
 
 
 @attrs.define
@@ -126,7 +129,7 @@ def _utcnow() -> datetime.datetime:
 
 class MongoFanout:
     """The MongoDB fan-out of one instance. Give it to a ``Hub`` (or an ``App``
-    via ``mongodb_uri``); the hub runs it and feeds it every broadcast.
+    via ``mongodb``); the hub runs it and feeds it every broadcast.
 
     Args:
         database: where the collections live: a ``Database``, a
@@ -215,6 +218,7 @@ class MongoFanout:
         self._sequence = Sequencer(self.origin, ordered=ordered, gap_timeout=gap_timeout, memory=max_pending)
         self._stored = self._delivered = self._skipped = self._dropped = self._unstorable = 0
         self._write_failures = self._read_failures = self._resets = 0
+        self._stopped = False  # run() has ended: nothing queued now will be stored by it
         self._seen_at = _utcnow()  # when the sequence was last confirmed to be the one prepared
 
     @classmethod
@@ -238,6 +242,8 @@ class MongoFanout:
             )
             where = "not delivered" if self.ordered else "delivered locally only"
             raise FanoutOverflow(f"{channel}: {where}; MongoDB unreachable and buffer full")
+        if receipt is not None and self._stopped:
+            receipt.failed("the hub stopped before the broadcast was stored")
         number = next(self._ids)
         self._pending.append(_Pending(channel, body, number, receipt))
         if self.ordered:  # before it is stored: the poller may read it back before the writer resumes
@@ -276,6 +282,7 @@ class MongoFanout:
                     nursery.start_soon(self._purge_forever)
                 await self._poll_forever(sink)
         finally:
+            self._stopped = True
             for item in self._pending:  # still held: nobody waits for them in vain
                 if item.receipt is not None:
                     item.receipt.failed("the hub stopped before the broadcast was stored")
@@ -301,7 +308,7 @@ class MongoFanout:
 
         try:
             result: list[tuple[int, str]] | None = await self._db(read)
-        except (pymongo.errors.PyMongoError, TypeError) as exc:
+        except (pymongo.errors.PyMongoError, bson.errors.BSONError, TypeError) as exc:
             logger.warning("fan-out: cannot read the history of %s: %s", channel, exc)
             return None
         return result
@@ -399,8 +406,10 @@ class MongoFanout:
                 "createdAt": now,
             }
             try:
-                bson.encode(doc)
+                too_large = len(bson.encode(doc)) > MAX_DOCUMENT
             except (bson.errors.BSONError, OverflowError):
+                too_large = True
+            if too_large:
                 refused.append(item)
             else:
                 docs.append(doc)
@@ -478,7 +487,9 @@ class MongoFanout:
             self._stored += len(batch) - len(refused)
             for item in refused:
                 if item.receipt is not None:
-                    item.receipt.failed("MongoDB cannot store it (BSON: integers of at most 8 bytes, no NUL in keys)")
+                    item.receipt.failed(
+                        "MongoDB cannot store it (BSON: at most 16 MiB, integers of at most 8 bytes, no NUL in keys)"
+                    )
                 self._echo.pop(f"{self.origin}-{item.number}", None)
                 self._unstorable += 1
                 where = "no instance" if self.ordered else "no other instance"
@@ -505,7 +516,7 @@ class MongoFanout:
                     await self._check_database(sink)
                     next_probe = trio.current_time() + self.probe_interval
                 docs: list[dict[str, Any]] = await self._db(self._read, sequence.last_seq)
-            except pymongo.errors.PyMongoError as exc:
+            except (pymongo.errors.PyMongoError, bson.errors.BSONError) as exc:  # InvalidBSON: read again
                 self._read_failures += 1
                 await outage.failed("MongoDB unreachable: no broadcasts from other instances until it is back: %s", exc)
                 continue

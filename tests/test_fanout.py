@@ -614,3 +614,12 @@ async def test_a_dropped_collection_gets_its_indexes_again(
             indexes = client[database_name]["_modelenceSocketio"].index_information()
         by_key = {info["key"][0][0]: info for info in indexes.values()}
         assert by_key["seq"].get("unique") is True and "createdAt" in by_key
+
+
+async def test_a_broadcast_larger_than_a_document_is_refused_alone(mongodb_uri: str, database_name: str) -> None:
+    # BSON documents hold at most 16 MiB: the hub carries on, and says so to broadcast_stored.
+    async with instance(mongodb_uri, database_name) as (chat, a):
+        with pytest.raises(FanoutNotStored, match="16 MiB"):
+            await chat.broadcast_stored("a", "x" * (17 * 1024 * 1024))
+        await chat.broadcast_stored("a", "small")
+        assert fanout_of(a).statistics().unstorable == 1
