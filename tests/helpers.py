@@ -18,6 +18,7 @@ from modelence_trio import (
     _trio_websocket,
     serve_websocket,
 )
+from modelence_trio._backend import FanoutBackend
 
 
 async def receive_json(ws: trio_websocket.WebSocketConnection, timeout: float = 5) -> dict[str, Any]:
@@ -52,6 +53,7 @@ async def start_server(
     *,
     authenticator: Authenticator | None = None,
     config: HubConfig = HubConfig(),
+    fanout: FanoutBackend | None = None,
 ) -> tuple[str, Hub]:
     """Serve ``channels`` over real sockets with ``transport``; the ``ws://`` URL and the hub.
 
@@ -65,11 +67,11 @@ async def start_server(
         else:
             _hypercorn.ENABLED = False
     if transport == "trio-websocket":
-        hub = Hub(channels, authenticator=authenticator, config=config)
+        hub = Hub(channels, authenticator=authenticator, config=config, fanout=fanout)
         port = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
         return f"ws://127.0.0.1:{port}/ws", hub
     assert transport == "hypercorn", transport
-    app = App([Module("test", channels=channels)], authenticator=authenticator, config=config)
+    app = App([Module("test", channels=channels)], authenticator=authenticator, config=config, fanout=fanout)
     urls = await nursery.start(app.serve, "127.0.0.1", 0)
     return urls[0].replace("http://", "ws://") + "/ws", app.hub
 

@@ -29,8 +29,10 @@ from modelence_trio.protocol import (
     Since,
     Welcome,
     encode,
+    encode_data,
     encode_message,
     error_reply,
+    message_frame,
     parse_client_frame,
     parse_server_frame,
     split_channel,
@@ -152,6 +154,16 @@ def test_encode_message_rejects_non_json() -> None:
         encode_message("a:b", {1, 2})
     with pytest.raises(TypeError, match="not JSON-serializable"):
         encode_message("a:b", float("nan"))
+
+
+def test_message_frame_wraps_data_encoded_once() -> None:
+    body = encode_data("a:b", {"n": [1, "ü"]})
+    for offset, epoch in ((None, None), (7, "e1")):
+        text = message_frame("a:b", body, offset, epoch)
+        assert text == encode_message("a:b", {"n": [1, "ü"]}, offset, epoch)
+        assert parse_server_frame(text) == Message("a:b", {"n": [1, "ü"]}, offset, epoch)
+    with pytest.raises(TypeError, match="not JSON-serializable"):
+        encode_data("a:b", {1, 2})
 
 
 def test_encode_message_keeps_unicode() -> None:

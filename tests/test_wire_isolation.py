@@ -9,9 +9,10 @@ import pytest
 import trio
 import trio_websocket
 
-from modelence_trio import HubConfig, ServerChannel
+from modelence_trio import Hub, HubConfig, ServerChannel
 from modelence_trio._history import History, HistoryBook
 from modelence_trio.protocol import ProtocolError, encode_data, parse_client_frame
+from modelence_trio.testing import MemoryBus, MemoryFanout
 
 from .helpers import ALL_PATHS, TRANSPORTS, RawClient, expect_close, receive_json, request, start_server
 
@@ -205,7 +206,7 @@ async def test_endless_oversize_message_is_dropped_and_tcp_closed(
 
 
 async def test_cancelling_one_server_leaves_a_shared_hub_serving(nursery: trio.Nursery) -> None:
-    from modelence_trio import App, Hub, Module, serve_websocket
+    from modelence_trio import App, Module, serve_websocket
 
     chat: ServerChannel[Any] = ServerChannel("chat")
     app = App([Module("test", channels=[chat])], config=HubConfig(heartbeat_interval=None))
@@ -342,3 +343,55 @@ async def test_a_heartbeat_ping_queued_during_a_write_is_sent(nursery: trio.Nurs
         await client.read_until(lambda: False, timeout=5)  # idle; read_until answers pings
     assert client.closes == [] and not client.eof
     assert hub.statistics().connections == 1
+
+
+async def _two_instances(
+    nursery: trio.Nursery, transport: str, config: HubConfig
+) -> tuple[ServerChannel[Any], RawClient, Hub]:
+    """A served instance with a raw client joined to ``chat:big``, and the
+    channel of another instance on the same in-memory fan-out, whose
+    broadcasts reach the client in batches (one write per batch)."""
+    bus = MemoryBus()
+    here: ServerChannel[Any] = ServerChannel("chat", history=None)
+    url, hub = await start_server(nursery, transport, [here], config=config, fanout=MemoryFanout(bus))
+    there: ServerChannel[Any] = ServerChannel("chat", history=None)
+    await nursery.start(Hub([there], fanout=MemoryFanout(bus)).run)
+    client = await RawClient.connect(url)
+    await client.send_text('{"type":"join","channel":"chat:big"}')
+    await client.read_until(lambda: len(client.texts) >= 2)
+    assert json.loads(client.texts[1])["type"] == "joined"
+    return there, client, hub
+
+
+@pytest.mark.parametrize("transport", ALL_PATHS)
+async def test_fanout_batches_arrive_as_whole_frames(nursery: trio.Nursery, transport: str) -> None:
+    # Another instance's broadcasts, read in batches of up to 500, go out as
+    # one write per batch: the raw client parses every frame, in order.
+    there, client, _ = await _two_instances(nursery, transport, HubConfig(heartbeat_interval=None))
+    for i in range(300):  # no checkpoint: one batch
+        there.broadcast("big", {"i": i, "pad": "p" * (i % 50)})
+    await client.read_until(lambda: len(client.texts) >= 302)
+    assert [json.loads(text)["data"]["i"] for text in client.texts[2:]] == list(range(300))
+
+
+@pytest.mark.parametrize("transport", ALL_PATHS)
+async def test_slow_consumer_of_fanout_batches_closes_on_a_frame_boundary(
+    nursery: trio.Nursery, transport: str
+) -> None:
+    # As the slow consumer test above, with the broadcasts from another
+    # instance (4 KB each, so a batch's joined write fits under its 64 KiB cap).
+    config = HubConfig(outbound_queue_bytes=256 * 1024, heartbeat_interval=None)
+    there, client, hub = await _two_instances(nursery, transport, config)
+    pad = "q" * 4000
+    sent = 0
+    while hub.statistics().subscriptions and sent < 20_000:
+        for _ in range(12):
+            there.broadcast("big", {"i": sent, "pad": pad})
+            sent += 1
+        await trio.sleep(0)
+    assert hub.statistics().subscriptions == 0, "never cut off"
+    await client.read_until(lambda: False)  # to EOF
+    assert client.closes == [4002]
+    messages = [json.loads(text) for text in client.texts[2:]]
+    assert [m["data"]["i"] for m in messages] == list(range(len(messages)))
+    assert all(m["data"]["pad"] == pad for m in messages)
