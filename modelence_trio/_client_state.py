@@ -65,7 +65,8 @@ class Notice:
 @attrs.frozen
 class Ignored:
     """A frame to drop: not valid protocol (``malformed``: worth a warning), or
-    one that answers nothing (a reply to a request given up on)."""
+    one that means nothing here (a reply, other than ``left`` or ``error``,
+    to a request given up on; those two become a ``Notice``)."""
 
     why: str
     malformed: bool = False

@@ -89,15 +89,14 @@ class Connection:
         nothing is queued (a batch of broadcasts read from the fan-out)."""
         if self.close_reason is not None:
             return
-        if not self.queue:
-            wire = b"".join(frame.wire for frame in frames)
-            if len(wire) <= _JOINED_WRITE:  # what the transport may hold beyond the queue's bound
-                result = self.transport.send_nowait(wire)
-                if result is SendResult.SENT:
-                    return
-                if result is SendResult.FLUSH:
-                    self.kick()
-                    return
+        # At most _JOINED_WRITE at once: what the transport may hold beyond the queue's bound.
+        if not self.queue and sum(len(frame.wire) for frame in frames) <= _JOINED_WRITE:
+            result = self.transport.send_nowait(b"".join(frame.wire for frame in frames))
+            if result is SendResult.SENT:
+                return
+            if result is SendResult.FLUSH:
+                self.kick()
+                return
         for frame in frames:
             self.send(frame)
 

@@ -140,7 +140,7 @@ class MongoFanout:
             seconds; a URI gets them.
         ttl: seconds a stored broadcast is kept: every instance removes older
             ones every quarter of it (a range delete on ``createdAt``), so
-            documents live between ``ttl`` and 1.25 ``ttl``.
+            documents live between ``ttl`` and about 1.3 ``ttl`` (``ttl`` + 1.25 s below 4 s).
         ttl_index: let MongoDB expire them instead, with a TTL index on
             ``createdAt`` (the reference's way: expiry goes on while every
             instance is down). Off by default: some servers (nx-27017) purge
@@ -322,9 +322,17 @@ class MongoFanout:
         self._ensure_indexes()
         # Start after what is already there: an instance that starts late or
         # restarts does not replay old broadcasts as new.
+        return self._ensure_epoch(), self._counter()
+
+    def _counter(self) -> int:
+        """The last sequence number handed out (0: the counter is gone)."""
         counter = self._counters.find_one({"_id": COLLECTION})
-        last_seq = int(counter["seq"]) if counter else 0
-        return self._ensure_epoch(), last_seq
+        return int(counter["seq"]) if counter else 0
+
+    def _newest(self) -> int:
+        """The highest sequence number stored (0: none)."""
+        newest = self._collection.find_one(sort=[("seq", -1)], projection={"seq": 1})
+        return int(newest["seq"]) if newest else 0
 
     def _ensure_indexes(self) -> None:
         self._collection.create_index("seq", unique=True)
@@ -364,13 +372,13 @@ class MongoFanout:
     def _probe(self) -> _Probe:
         # The newest document first, then the counter: numbers are reserved
         # before they are stored, so a healthy counter read later is never behind.
-        newest = self._collection.find_one(sort=[("seq", -1)], projection={"seq": 1})
+        newest = self._newest()
         found = {doc["_id"]: doc for doc in self._counters.find({"_id": {"$in": ["epoch", COLLECTION]}})}
         by_key = {info["key"][0][0]: info for info in self._collection.index_information().values()}
         return _Probe(
             str(found["epoch"]["value"]) if "epoch" in found else None,
             int(found[COLLECTION]["seq"]) if COLLECTION in found else 0,
-            int(newest["seq"]) if newest else 0,
+            newest,
             bool(by_key.get("seq", {}).get("unique")) and "createdAt" in by_key,
         )
 
@@ -379,10 +387,9 @@ class MongoFanout:
         starts: before the first broadcast stored since ``cutoff``."""
         self._ensure_indexes()
         epoch = self._ensure_epoch(replacing=old_epoch)
-        counter = self._counters.find_one({"_id": COLLECTION})
+        counter = self._counter()
         first = self._collection.find_one({"createdAt": {"$gte": cutoff}}, sort=[("seq", 1)], projection={"seq": 1})
-        start = int(first["seq"]) - 1 if first else (int(counter["seq"]) if counter else 0)
-        return epoch, start
+        return epoch, int(first["seq"]) - 1 if first else counter
 
     def _repair_counter(self, newest: int) -> None:
         """The counter is behind the collection (its document was removed):
@@ -436,9 +443,9 @@ class MongoFanout:
                 # A number already taken: the counter went back (a reset, a
                 # removed counter). Move it on; the batch is stored again with
                 # new numbers (what did go in is dropped as a copy by its id).
-                newest = self._collection.find_one(sort=[("seq", -1)], projection={"seq": 1})
-                self._repair_counter(int(newest["seq"]) if newest else 0)
-                raise _CounterBehind(int(newest["seq"]) if newest else 0) from exc
+                newest = self._newest()
+                self._repair_counter(newest)
+                raise _CounterBehind(newest) from exc
             raise
         return refused
 

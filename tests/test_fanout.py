@@ -7,7 +7,7 @@ from __future__ import annotations
 import collections
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,34 @@ async def collect(client: Client, count: int, into: list[Any]) -> None:
     with trio.fail_after(30):
         while len(into) < count:
             into.append((await inbox.receive()).data)
+
+
+async def broadcast_through(
+    chat: ServerChannel[Any], reader: Client, *steps: int | Callable[[], Awaitable[object]]
+) -> list[Any]:
+    """Broadcast 0, 1, 2, ... to ``chat:shared``, which ``reader`` joins, in
+    ``steps``: a number broadcasts that many (the first at once, then waits
+    until the reader has them; later ones 20 ms apart), a function is an
+    event between them (a cut, a drop, a restart). Returns what the reader
+    got once it has one message per broadcast."""
+    await reader.join("chat:shared")
+    got: list[Any] = []
+    sent = 0
+    async with trio.open_nursery() as inner:
+        inner.start_soon(collect, reader, sum(step for step in steps if isinstance(step, int)), got)
+        for index, step in enumerate(steps):
+            if not isinstance(step, int):
+                await step()
+                continue
+            for _ in range(step):
+                chat.broadcast("shared", sent)
+                sent += 1
+                if index:
+                    await trio.sleep(0.02)
+            with trio.fail_after(10):
+                while not index and len(got) < sent:
+                    await trio.sleep(0.01)
+    return got
 
 
 async def test_three_instances_broadcasting_concurrently(mongodb_uri: str, database_name: str) -> None:
@@ -351,24 +379,16 @@ async def test_a_reset_database_loses_nothing(
         instance(mongodb_uri, database_name, **fast) as (_, b),
         b.client() as reader,
     ):
-        await reader.join("chat:shared")
-        got: list[Any] = []
-        async with trio.open_nursery() as inner:
-            inner.start_soon(collect, reader, 60, got)
-            for n in range(20):
-                chat_a.broadcast("shared", n)
-            with trio.fail_after(10):
-                while len(got) < 20:
-                    await trio.sleep(0.01)
+
+        async def cut() -> None:
             proxy.cut()
-            for n in range(20, 40):  # held by A: MongoDB is unreachable
-                chat_a.broadcast("shared", n)
-                await trio.sleep(0.02)
+
+        async def drop_and_restore() -> None:
             await trio.to_thread.run_sync(_drop, mongodb_uri, database_name)
             proxy.restore()
-            for n in range(40, 60):
-                chat_a.broadcast("shared", n)
-                await trio.sleep(0.02)
+
+        # 20 before, 20 held by A while MongoDB is unreachable, 20 after.
+        got = await broadcast_through(chat_a, reader, 20, cut, 20, drop_and_restore, 20)
         assert sorted(got) == list(range(60))  # none lost, none twice
         assert got[:20] == list(range(20))
         for server in (a, b):
@@ -393,20 +413,12 @@ async def test_a_removed_counter_is_repaired_without_loss(
         instance(mongodb_uri, database_name, probe_interval=0.2) as (_, b),
         b.client() as reader,
     ):
-        await reader.join("chat:shared")
-        got: list[Any] = []
-        async with trio.open_nursery() as inner:
-            inner.start_soon(collect, reader, 40, got)
-            for n in range(20):
-                chat_a.broadcast("shared", n)
-            with trio.fail_after(10):
-                while len(got) < 20:
-                    await trio.sleep(0.01)
+
+        async def remove_counter() -> None:
             with connect(mongodb_uri) as client:
                 client[database_name]["_modelenceSocketioCounters"].delete_one({"_id": "_modelenceSocketio"})
-            for n in range(20, 40):
-                chat_a.broadcast("shared", n)
-                await trio.sleep(0.02)
+
+        got = await broadcast_through(chat_a, reader, 20, remove_counter, 20)
         assert sorted(got) == list(range(40))
         assert fanout_of(b).statistics().resets == 0  # the sequence went on: not a reset
 
@@ -417,7 +429,7 @@ async def test_a_restarted_wire_server_loses_nothing(tmp_path: Path, caplog: pyt
     caplog.set_level(logging.WARNING, logger="modelence_trio.fanout")
     port = free_port()
     uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
-    server = start_nx(port, tmp_path)
+    servers = [start_nx(port, tmp_path)]
     try:
         fast = {"probe_interval": 0.2}
         async with (
@@ -425,27 +437,18 @@ async def test_a_restarted_wire_server_loses_nothing(tmp_path: Path, caplog: pyt
             instance(uri, "modelence", **fast) as (_, b),
             b.client() as reader,
         ):
-            await reader.join("chat:shared")
-            got: list[Any] = []
-            async with trio.open_nursery() as inner:
-                inner.start_soon(collect, reader, 60, got)
-                for n in range(20):
-                    chat_a.broadcast("shared", n)
-                with trio.fail_after(10):
-                    while len(got) < 20:
-                        await trio.sleep(0.01)
-                await trio.to_thread.run_sync(stop_nx, server)
-                for n in range(20, 40):  # held: the server is down
-                    chat_a.broadcast("shared", n)
-                    await trio.sleep(0.02)
-                server = await trio.to_thread.run_sync(start_nx, port, tmp_path)
-                for n in range(40, 60):
-                    chat_a.broadcast("shared", n)
-                    await trio.sleep(0.02)
+
+            async def stop() -> None:
+                await trio.to_thread.run_sync(stop_nx, servers[0])
+
+            async def start() -> None:
+                servers[0] = await trio.to_thread.run_sync(start_nx, port, tmp_path)
+
+            got = await broadcast_through(chat_a, reader, 20, stop, 20, start, 20)  # 20 held: the server is down
             assert sorted(got) == list(range(60))
             assert fanout_of(a).statistics().resets == fanout_of(b).statistics().resets == 1
     finally:
-        stop_nx(server)
+        stop_nx(servers[0])
 
 
 async def test_after_a_reset_old_offsets_are_not_recovered(mongodb_uri: str, database_name: str) -> None:
@@ -591,23 +594,17 @@ async def test_a_dropped_collection_gets_its_indexes_again(
         instance(mongodb_uri, database_name, probe_interval=0.2) as (_, b),
         b.client() as reader,
     ):
-        await reader.join("chat:shared")
-        got: list[Any] = []
-        async with trio.open_nursery() as inner:
-            inner.start_soon(collect, reader, 40, got)
-            for n in range(20):
-                chat_a.broadcast("shared", n)
-            with trio.fail_after(10):
-                while len(got) < 20:
-                    await trio.sleep(0.01)
+
+        async def drop_collection() -> None:
             with connect(mongodb_uri) as client:
                 client[database_name].drop_collection("_modelenceSocketio")
-            for n in range(20, 40):
-                chat_a.broadcast("shared", n)
-                await trio.sleep(0.02)
+
+        async def indexes_made_again() -> None:
             with trio.fail_after(10):
                 while "indexes" not in caplog.text:
                     await trio.sleep(0.05)
+
+        got = await broadcast_through(chat_a, reader, 20, drop_collection, 20, indexes_made_again)
         assert got == list(range(40))
         assert fanout_of(b).statistics().resets == 0
         with connect(mongodb_uri) as client:
