@@ -24,6 +24,7 @@ import json
 import logging
 import random
 import secrets
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -55,10 +56,9 @@ logger = logging.getLogger("modelence_trio.fanout")
 
 COLLECTION = "_modelenceSocketio"  # the reference's name
 COUNTERS = "_modelenceSocketioCounters"
-INDEX_OPTIONS_CONFLICT = (85, 86)
-MAX_DOCUMENT = (
-    16 * 1024 * 1024 - 16 * 1024
-)  # MongoDB's BSON limit, with room for the insert command  # IndexOptionsConflict, IndexKeySpecsConflict
+INDEX_OPTIONS_CONFLICT = (85, 86)  # IndexOptionsConflict, IndexKeySpecsConflict
+DUPLICATE_KEY = 11000
+MAX_DOCUMENT = 16 * 1024 * 1024 - 16 * 1024  # MongoDB's BSON limit, with room for the insert command
 
 
 @attrs.define
@@ -93,11 +93,34 @@ class _Outage:
 
 
 class _CounterBehind(Exception):
-    """An insert found its numbers taken: the counter was moved past ``newest``; store again."""
+    """The counter handed out numbers already used (its document was removed,
+    or the database reset): it was moved on to ``moved_to``; store again."""
 
-    def __init__(self, newest: int) -> None:
-        super().__init__(newest)
-        self.newest = newest
+    def __init__(self, moved_to: int, renewed: bool) -> None:
+        super().__init__(moved_to)
+        self.moved_to = moved_to
+        self.renewed = renewed  # the epoch too: nobody can tell what was handed out
+
+
+@attrs.frozen
+class _Epoch:
+    """The name of one sequence, and when it was made (Unix time, per the
+    instance that made it; ``None``: made before epochs had a time)."""
+
+    value: str
+    since: float | None
+
+    def newer_than(self, other: _Epoch | None) -> bool:
+        return other is None or (self.since is not None and (other.since is None or self.since > other.since))
+
+
+@attrs.frozen
+class _Stored:
+    """What one store did: the broadcasts refused alone (and why), and the
+    highest sequence number it reserved."""
+
+    refused: list[tuple[_Pending, str]]
+    reserved: int
 
 
 @attrs.frozen
@@ -195,6 +218,8 @@ class MongoFanout:
         self.database = database = database_of(database)
         self.ordered = ordered
         self.epoch: str | None = None  # the collection's, once prepared
+        self._epoch: _Epoch | None = None  # the same, with its time
+        self._reserved = 0  # the highest sequence number this instance's writer reserved
         self.ttl = ttl
         self.ttl_index = ttl_index
         self.poll_interval = poll_interval
@@ -271,9 +296,7 @@ class MongoFanout:
         reachable wait."""
         epoch, last_seq = await self._retrying("prepare the collections", self._prepare)
         # Both set here, in Trio's thread, at once: nobody sees one without the other.
-        self.epoch = epoch
-        self._sequence.start(last_seq)
-        sink.start_sequence(epoch, last_seq)
+        self._begin(sink, epoch, last_seq)
         task_status.started()
         try:
             async with trio.open_nursery() as nursery:
@@ -294,10 +317,15 @@ class MongoFanout:
         database cannot be read: the collection is the history within its TTL."""
 
         def read() -> list[tuple[int, str]] | None:
-            oldest = self._collection.find_one(sort=[("seq", 1)])
+            found = list(
+                self._collection.find({"channel": channel, "seq": {"$gt": after, "$lte": upto}}).sort("seq", 1)
+            )
+            # The oldest left *after* the read: if it is not past ``after``,
+            # nothing the read needed had expired before it ended (expiry
+            # removes the oldest first).
+            oldest = self._collection.find_one(sort=[("seq", 1)], projection={"seq": 1})
             if oldest is None or int(oldest["seq"]) > after + 1:
                 return None  # what followed ``after`` may have expired
-            found = self._collection.find({"channel": channel, "seq": {"$gt": after, "$lte": upto}}).sort("seq", 1)
             seen: set[str] = set()
             result = []
             for doc in found:
@@ -318,11 +346,16 @@ class MongoFanout:
     async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter, abandon_on_cancel=True)
 
-    def _prepare(self) -> tuple[str, int]:
+    def _prepare(self) -> tuple[_Epoch, int]:
         self._ensure_indexes()
         # Start after what is already there: an instance that starts late or
         # restarts does not replay old broadcasts as new.
-        return self._ensure_epoch(), self._counter()
+        return self._ensure_epoch(), self._start_point()
+
+    def _start_point(self) -> int:
+        """The last number used: the counter's, or the highest stored when
+        the counter is behind (its document removed)."""
+        return max(self._counter(), self._newest())
 
     def _counter(self) -> int:
         """The last sequence number handed out (0: the counter is gone)."""
@@ -358,16 +391,25 @@ class MongoFanout:
         cutoff = _utcnow() - datetime.timedelta(seconds=self.ttl)
         self._collection.delete_many({"createdAt": {"$lt": cutoff}})
 
-    def _ensure_epoch(self, replacing: str | None = None) -> str:
+    def _read_epoch(self) -> _Epoch | None:
+        doc = self._counters.find_one({"_id": "epoch"})
+        if doc is None:
+            return None
+        since = doc.get("since")
+        return _Epoch(str(doc["value"]), float(since) if isinstance(since, int | float) else None)
+
+    def _ensure_epoch(self, replacing: _Epoch | None = None) -> _Epoch:
         """The epoch names this collection's sequence: the first instance
-        makes it, and the first to see it void (``replacing``) renews it."""
+        makes it, and the first to see it void (``replacing``) renews it;
+        the others adopt what it made (the replacement is conditional)."""
         if replacing is not None:
-            self._counters.update_one({"_id": "epoch", "value": replacing}, {"$set": {"value": secrets.token_hex(6)}})
+            renewed = {"value": secrets.token_hex(6), "since": time.time()}
+            self._counters.update_one({"_id": "epoch", "value": replacing.value}, {"$set": renewed})
         with contextlib.suppress(pymongo.errors.DuplicateKeyError):
-            self._counters.insert_one({"_id": "epoch", "value": secrets.token_hex(6)})
-        epoch = self._counters.find_one({"_id": "epoch"})
+            self._counters.insert_one({"_id": "epoch", "value": secrets.token_hex(6), "since": time.time()})
+        epoch = self._read_epoch()
         assert epoch is not None
-        return str(epoch["value"])
+        return epoch
 
     def _probe(self) -> _Probe:
         # The newest document first, then the counter: numbers are reserved
@@ -382,26 +424,51 @@ class MongoFanout:
             bool(by_key.get("seq", {}).get("unique")) and "createdAt" in by_key,
         )
 
-    def _restart_after_reset(self, old_epoch: str | None, cutoff: datetime.datetime) -> tuple[str, int]:
+    def _restart_after_reset(self, old: _Epoch | None, cutoff: datetime.datetime) -> tuple[_Epoch, int]:
         """Prepare the reset database again and say where its new sequence
-        starts: before the first broadcast stored since ``cutoff``."""
+        starts: before the first broadcast stored since ``cutoff``.
+
+        The epoch found is renewed unless it is newer than ``old`` (another
+        instance renewed it, or this is a new cluster's): ours kept with the
+        sequence gone back, or an older one (a restored backup's), would let
+        offsets of another time pass for offsets of this one."""
         self._ensure_indexes()
-        epoch = self._ensure_epoch(replacing=old_epoch)
-        counter = self._counter()
+        found = self._read_epoch()
+        epoch = found if found is not None and found.newer_than(old) else self._ensure_epoch(replacing=found)
         first = self._collection.find_one({"createdAt": {"$gte": cutoff}}, sort=[("seq", 1)], projection={"seq": 1})
-        return epoch, int(first["seq"]) - 1 if first else counter
+        return epoch, int(first["seq"]) - 1 if first else self._start_point()
 
     def _repair_counter(self, newest: int) -> None:
         """The counter is behind the collection (its document was removed):
         move it past what is stored, so no number is handed out twice."""
         self._counters.update_one({"_id": COLLECTION}, {"$max": {"seq": newest}}, upsert=True)
 
-    def _store(self, batch: list[_Pending]) -> list[_Pending]:
-        """Store ``batch``; return the broadcasts BSON cannot hold (an integer
-        beyond 8 bytes, a NUL in a key), refused alone and before any number
-        is reserved for them, so they cost the others nothing."""
+    def _counter_went_back(self, floor: int, epoch: _Epoch | None) -> _CounterBehind:
+        """A reservation handed out numbers up to ``floor``, which were used
+        before. Move the counter past what is stored and past ``floor``. When
+        nothing stored reaches ``floor`` (the old documents expired or were
+        dropped), nobody can tell how far other instances have read, so the
+        epoch is renewed too: every instance then restarts its reading as
+        after a reset (conditional on ``epoch``: once, by whoever sees it first)."""
+        newest = self._newest()
+        moved_to = max(newest, floor)
+        self._repair_counter(moved_to)
+        renewed = False
+        if newest < floor and epoch is not None:
+            renewed = self._ensure_epoch(replacing=epoch) != epoch
+        return _CounterBehind(moved_to, renewed)
+
+    def _store(self, batch: list[_Pending], floor: int, epoch: _Epoch | None) -> _Stored:
+        """Store ``batch`` under numbers above ``floor`` (every number this
+        instance reserved or read so far). Broadcasts the database cannot
+        hold are refused alone: those BSON cannot encode (an integer beyond
+        8 bytes, a NUL in a key, over 16 MiB) before any number is reserved
+        for them, those it refuses (``writeErrors``) when inserted; the rest
+        of the batch is stored either way."""
         now = _utcnow()
-        docs, refused = [], []
+        docs: list[dict[str, Any]] = []
+        kept: list[_Pending] = []
+        refused: list[tuple[_Pending, str]] = []
         for item in batch:
             doc = {
                 "_id": ObjectId(),
@@ -417,11 +484,12 @@ class MongoFanout:
             except (bson.errors.BSONError, OverflowError):
                 too_large = True
             if too_large:
-                refused.append(item)
+                refused.append((item, "BSON holds at most 16 MiB, integers of at most 8 bytes and no NUL in keys"))
             else:
                 docs.append(doc)
+                kept.append(item)
         if not docs:
-            return refused
+            return _Stored(refused, 0)
         # Reserve len(docs) sequence numbers, then insert. A failed insert is
         # retried with new numbers (the old ones become a gap the pollers
         # skip); the message ids are kept, so a batch stored twice (the first
@@ -433,21 +501,30 @@ class MongoFanout:
             return_document=pymongo.ReturnDocument.AFTER,
         )
         assert counter is not None  # upsert, and the document after the update
-        first = int(counter["seq"]) - len(docs) + 1
+        last = int(counter["seq"])
+        first = last - len(docs) + 1
+        if first <= floor:
+            # Numbers handed out before: the counter went back (its document
+            # removed). Pollers are past them and would skip these broadcasts.
+            raise self._counter_went_back(floor, epoch)
         for i, doc in enumerate(docs):
             doc["seq"] = first + i
         try:
             self._collection.insert_many(docs, ordered=False)
         except pymongo.errors.BulkWriteError as exc:
-            if any(error.get("code") == 11000 for error in exc.details.get("writeErrors", ())):
+            errors = exc.details.get("writeErrors", [])
+            if any(error.get("code") == DUPLICATE_KEY for error in errors):
                 # A number already taken: the counter went back (a reset, a
                 # removed counter). Move it on; the batch is stored again with
                 # new numbers (what did go in is dropped as a copy by its id).
-                newest = self._newest()
-                self._repair_counter(newest)
-                raise _CounterBehind(newest) from exc
-            raise
-        return refused
+                raise self._counter_went_back(floor, epoch) from exc
+            # The rest went in (unordered insert); write concern errors alone
+            # leave every document written on the primary.
+            for error in errors:
+                refused.append((kept[error["index"]], f"MongoDB refused it: {error.get('errmsg')}"))
+            if exc.details.get("writeConcernErrors"):
+                logger.warning("fan-out: stored without the write concern: %s", exc.details["writeConcernErrors"][0])
+        return _Stored(refused, last)
 
     def _read(self, after: int) -> list[dict[str, Any]]:
         cursor = self._collection.find({"seq": {"$gt": after}}).sort("seq", 1).limit(self.batch_size)
@@ -473,38 +550,45 @@ class MongoFanout:
                 self._wake = trio.Event()
                 await self._wake.wait()
             batch = list(itertools.islice(self._pending, self.batch_size))
+            floor = max(self._reserved, self._sequence.last_seq)
             try:
-                refused: list[_Pending] = await self._db(self._store, batch)
+                result: _Stored = await self._db(self._store, batch, floor, self._epoch)
             except _CounterBehind as behind:
-                logger.warning("fan-out: the sequence counter was behind the collection; moved to %d", behind.newest)
+                logger.warning(
+                    "fan-out: the sequence counter went back; moved to %d%s",
+                    behind.moved_to,
+                    " and the epoch renewed (older broadcasts are gone): every instance restarts its reading"
+                    if behind.renewed
+                    else "",
+                )
                 continue
             except pymongo.errors.PyMongoError as exc:
                 self._write_failures += 1
                 await outage.failed(
-                    "MongoDB unreachable: holding broadcasts for other instances (%d waiting, room for %d): %s",
+                    "MongoDB %s: holding broadcasts for other instances (%d waiting, room for %d): %s",
+                    "refused the write" if isinstance(exc, pymongo.errors.OperationFailure) else "unreachable",
                     len(self._pending),
                     self.max_pending,
                     exc,
                 )
                 continue
+            self._reserved = max(self._reserved, result.reserved)
+            refused = {id(item): why for item, why in result.refused}
             for item in batch:
                 self._pending.popleft()
-                if item.receipt is not None and item not in refused:
+                if item.receipt is not None and id(item) not in refused:
                     item.receipt.stored()
             self._stored += len(batch) - len(refused)
-            for item in refused:
+            for item, why in result.refused:
                 if item.receipt is not None:
-                    item.receipt.failed(
-                        "MongoDB cannot store it (BSON: at most 16 MiB, integers of at most 8 bytes, no NUL in keys)"
-                    )
+                    item.receipt.failed(f"MongoDB cannot store it ({why})")
                 self._echo.pop(f"{self.origin}-{item.number}", None)
                 self._unstorable += 1
-                where = "no instance" if self.ordered else "no other instance"
                 logger.error(
-                    "fan-out: a broadcast to %s cannot be stored in MongoDB (BSON holds integers of at most "
-                    "8 bytes and no NUL in keys); %s gets it (%d such so far)",
+                    "fan-out: a broadcast to %s cannot be stored in MongoDB (%s); %s gets it (%d such so far)",
                     item.channel,
-                    where,
+                    why,
+                    "no instance" if self.ordered else "no other instance",
                     self._unstorable,
                 )
             outage.over(
@@ -569,19 +653,24 @@ class MongoFanout:
             return
         self._resets += 1
         cutoff = self._seen_at - datetime.timedelta(seconds=self.reset_margin)
-        epoch, start = await self._db(self._restart_after_reset, self.epoch, cutoff)
+        epoch, start = await self._db(self._restart_after_reset, self._epoch, cutoff)
         logger.warning(
             "fan-out: the database was reset (%s; reset %d): new epoch %s, delivering what was stored since, "
             "from sequence %d on; offsets of the old epoch cannot be recovered",
             why,
             self._resets,
-            epoch,
+            epoch.value,
             start + 1,
         )
-        self.epoch = epoch
-        self._sequence.start(start)
-        sink.start_sequence(epoch, start)
+        self._begin(sink, epoch, start)
+        self._reserved = 0  # the old sequence's: numbers of the new one are checked against what is read
         self._seen_at = _utcnow()
+
+    def _begin(self, sink: FanoutSink, epoch: _Epoch, last_seq: int) -> None:
+        """Read the sequence ``epoch`` on after ``last_seq``."""
+        self._epoch, self.epoch = epoch, epoch.value
+        self._sequence.start(last_seq)
+        sink.start_sequence(epoch.value, last_seq)
 
     def _remember_echo(self, mid: str, body: str) -> None:
         self._echo[mid] = body

@@ -423,6 +423,76 @@ async def test_a_removed_counter_is_repaired_without_loss(
         assert fanout_of(b).statistics().resets == 0  # the sequence went on: not a reset
 
 
+async def test_a_counter_removed_after_expiry_is_not_reused(
+    mongodb_uri: str, database_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The counter is removed after every stored broadcast expired: the next
+    # reservation hands out numbers the other instance read long ago. Its probe
+    # is too slow to notice (a minute), so only the writer's own check can
+    # keep it from skipping them: the numbers are refused, the counter moved
+    # past them and the epoch renewed (nobody can tell how far others read).
+    caplog.set_level(logging.WARNING, logger="modelence_trio.fanout")
+    slow = {"probe_interval": 60.0}
+    async with (
+        instance(mongodb_uri, database_name, **slow) as (chat_a, a),
+        instance(mongodb_uri, database_name, **slow) as (_, b),
+        b.client() as reader,
+    ):
+        old_epoch = fanout_of(a).epoch
+
+        async def expire_all_and_remove_counter() -> None:
+            with connect(mongodb_uri) as client:
+                client[database_name]["_modelenceSocketio"].delete_many({})
+                client[database_name]["_modelenceSocketioCounters"].delete_one({"_id": "_modelenceSocketio"})
+
+        got = await broadcast_through(chat_a, reader, 20, expire_all_and_remove_counter, 20)
+        assert got == list(range(40))  # none skipped, in order
+        assert fanout_of(b).statistics().skipped == 0
+        assert "the sequence counter went back" in caplog.text
+        with connect(mongodb_uri) as client:
+            epoch = client[database_name]["_modelenceSocketioCounters"].find_one({"_id": "epoch"})
+        assert epoch is not None and epoch["value"] != old_epoch
+
+
+async def test_a_missing_counter_at_start_up_does_not_replay(mongodb_uri: str, database_name: str) -> None:
+    # An instance that starts while the counter document is missing starts
+    # after the highest stored number, not at 0: the stored broadcasts are old.
+    async with instance(mongodb_uri, database_name) as (chat_a, a):
+        for n in range(20):
+            chat_a.broadcast("shared", n)
+        with trio.fail_after(10):
+            while fanout_of(a).statistics().stored < 20:
+                await trio.sleep(0.01)
+    with connect(mongodb_uri) as client:
+        client[database_name]["_modelenceSocketioCounters"].delete_one({"_id": "_modelenceSocketio"})
+    async with instance(mongodb_uri, database_name) as (_, late):
+        assert fanout_of(late).statistics().last_seq == 20
+        await trio.sleep(0.3)  # several polls
+        assert fanout_of(late).statistics().delivered == 0
+
+
+async def test_a_restored_older_epoch_is_renewed(mongodb_uri: str, database_name: str) -> None:
+    # A backup of an older time is restored: its epoch is another, older one.
+    # Adopting it would let offsets of that time pass for offsets of this one;
+    # the instances renew it instead, once (both end on the same new epoch).
+    fast = {"probe_interval": 0.2}
+    async with (
+        instance(mongodb_uri, database_name, **fast) as (_, a),
+        instance(mongodb_uri, database_name, **fast) as (_, b),
+    ):
+        current = fanout_of(a).epoch
+        with connect(mongodb_uri) as client:
+            counters = client[database_name]["_modelenceSocketioCounters"]
+            counters.replace_one({"_id": "epoch"}, {"_id": "epoch", "value": "restored", "since": 1.0})
+        with trio.fail_after(10):
+            while not fanout_of(a).statistics().resets or not fanout_of(b).statistics().resets:
+                await trio.sleep(0.05)
+        await trio.sleep(0.5)  # more checks: no second reset
+        assert fanout_of(a).epoch == fanout_of(b).epoch
+        assert fanout_of(a).epoch not in (current, "restored")
+        assert fanout_of(a).statistics().resets == fanout_of(b).statistics().resets == 1
+
+
 async def test_a_restarted_wire_server_loses_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # The README's recipe, as the outside run did it: an in-memory wire server
     # of its own, stopped and started again under two instances.
