@@ -31,6 +31,7 @@ from ._history import History
 from ._hub import Hub, HubStatistics
 from ._methods import MethodContext, MethodError
 from ._mongo_auth import MongoSessionAuthenticator
+from ._presence import Presence
 from ._serve import serve_websocket
 from .protocol import CloseCode, ErrorCode
 
@@ -64,6 +65,7 @@ __all__ = [
     "Module",
     "MongoFanout",
     "MongoSessionAuthenticator",
+    "Presence",
     "PublishRejected",
     "RequestFailed",
     "ServerChannel",

@@ -20,6 +20,7 @@ from ._channel import ChannelContext, PublishRejected, ServerChannel
 from ._connection import Connection
 from ._router import Router
 from ._session import Answer, Close
+from ._tracker import Tracker
 from ._wire import Outgoing
 from .protocol import (
     CloseCode,
@@ -31,6 +32,7 @@ from .protocol import (
     Left,
     Ping,
     Pong,
+    PresenceQuery,
     Publish,
     Published,
 )
@@ -44,8 +46,9 @@ logger = logging.getLogger("modelence_trio")
 class Actions:
     """The frame handling of one hub (its ``Router`` holds what it acts on)."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, tracker: Tracker) -> None:
         self.router = router
+        self.tracker = tracker
 
     async def handle(self, conn: Connection, message: str | bytes) -> None:
         """Act on one client message; a failure closes this connection (1011, logged once)."""
@@ -66,12 +69,15 @@ class Actions:
         elif isinstance(frame, Join):
             await self._join(conn, frame)
         elif isinstance(frame, Leave):
-            self.router.registry.unsubscribe(conn, frame.channel)
+            if self.router.registry.unsubscribe(conn, frame.channel):
+                self.tracker.leave(conn, frame.channel)
             conn.reply(Left(frame.channel, frame.ref))
         elif isinstance(frame, Publish):
             await self._publish(conn, frame)
         elif isinstance(frame, Ping):
             conn.reply(Pong(frame.ref))
+        elif isinstance(frame, PresenceQuery):
+            self._presence(conn, frame)
 
     def _context(self, conn: Connection, channel: str) -> tuple[ServerChannel[Any] | None, ChannelContext]:
         # The codec has validated the name against this hub's limits already.
@@ -86,6 +92,7 @@ class Actions:
             conn.reply(JoinError(frame.channel, ErrorCode.UNKNOWN_CHANNEL, why, frame.ref))
             return
         history = router.history_of(server_channel)
+        presence = server_channel.presence
         # Already joined: it missed nothing (if the channel keeps a history at all).
         recovered: bool | None = None if frame.since is None else history is not None
         replay: list[Outgoing] = []
@@ -99,16 +106,41 @@ class Actions:
                 return
             if conn.close_reason is not None:
                 return
+            key = self.tracker.key_of(presence, conn) if presence is not None else None
+            meta = "null"
+            if key is not None:
+                assert presence is not None
+                meta = await self.tracker.meta_of(presence, ctx)
+                if conn.close_reason is not None:
+                    return
             if frame.since is not None:
                 recovered, replay = await router.recover(frame.channel, frame.since, history)
                 if conn.close_reason is not None:
                     return
+            # No await from here to the replies: nothing falls between them.
             registry.subscribe(conn, frame.channel)
+            if key is not None:
+                self.tracker.join(conn, frame.channel, key, meta)
         histories = router.histories
         position = (histories.last, histories.epoch) if history is not None else (None, None)
         conn.reply(Joined(frame.channel, frame.ref, recovered, *position))
+        if presence is not None:
+            conn.send(self.tracker.state(frame.channel, presence))
         for out in replay:
             conn.send(out)
+
+    def _presence(self, conn: Connection, frame: PresenceQuery) -> None:
+        presence = self.tracker.options(frame.channel)
+        if not self.router.registry.is_subscribed(conn, frame.channel):
+            why = f"join {frame.channel!r} before asking who is in it"
+            conn.reply(ErrorFrame(ErrorCode.NOT_JOINED, why, frame.ref))
+        elif presence is None:
+            why = f"channels of {frame.channel.partition(':')[0]!r} have no presence"
+            conn.reply(ErrorFrame(ErrorCode.PRESENCE_NOT_ENABLED, why, frame.ref))
+        elif (refusal := conn.session.admit_presence(frame.ref, trio.current_time())) is not None:
+            conn.reply(refusal)
+        else:
+            conn.send(self.tracker.state(frame.channel, presence, frame.ref))
 
     async def _publish(self, conn: Connection, frame: Publish) -> None:
         server_channel, ctx = self._context(conn, frame.channel)
@@ -148,6 +180,7 @@ class Actions:
             server_channel, ctx = self._context(conn, channel)
             allowed = server_channel is not None and await self._allows(server_channel, ctx, "leaving it")
             if not allowed and registry.unsubscribe(conn, channel):
+                self.tracker.leave(conn, channel)
                 conn.reply(Left(channel, None, "access revoked"))
 
     @staticmethod

@@ -140,6 +140,12 @@ class FanoutBackend(Protocol):
         sequence is ready (after ``sink.start_sequence``)."""
         ...
 
+    async def close(self) -> None:
+        """After ``run`` has ended (the hub is stopping; called shielded):
+        store what is still held, within the backend's own time bound, then
+        settle every receipt. Nothing published afterwards is stored."""
+        ...
+
     async def history(self, channel: str, after: int, upto: int) -> list[tuple[int, str]] | None:
         """``channel``'s broadcasts with ``after < seq <= upto`` in order, as
         ``(seq, body)``, or ``None`` when some may be gone."""

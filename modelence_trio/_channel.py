@@ -14,6 +14,7 @@ from typing_extensions import TypeVar
 from ._auth import Identity, IdentityView
 from ._backend import Receipt
 from ._history import History
+from ._presence import Presence
 from .protocol import ProtocolError, split_channel, validate_category
 from .protocol._names import valid_channel_id
 
@@ -78,6 +79,8 @@ class ServerChannel(Generic[T]):
         history: how many recent messages per channel each hub keeps so that
             reconnecting clients recover what they missed (``join`` with
             ``since``); ``None`` keeps none.
+        presence: who is in each channel of this category, shared by every
+            instance (:class:`Presence`; docs/presence.md); ``None``: none.
 
     A channel delivers through every :class:`Hub` built with it (normally one).
     """
@@ -89,9 +92,11 @@ class ServerChannel(Generic[T]):
         on_message: MessageHandler[T] | None = None,
         *,
         history: History | None = History(),
+        presence: Presence | None = None,
     ) -> None:
         self.category = validate_category(category)
         self.history = history
+        self.presence = presence
         self.can_access = can_access
         self.on_message = on_message
         # Weak, so a Hub that is gone stops receiving; a tuple, because

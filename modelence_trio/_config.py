@@ -57,6 +57,12 @@ class HubConfig:
             browser) are not concerned. Refused: HTTP 403.
         max_connections_per_address: open connections from one client address;
             past it the handshake is refused with 429. ``None``: no limit.
+        presence_window: seconds over which presence changes are coalesced
+            into one ``presence_diff`` per channel (a join storm costs each
+            watcher about ``1 / presence_window`` frames a second).
+        presence_interval: seconds between an instance's presence heartbeats
+            through the fan-out; an instance silent for three intervals (a
+            crash, a partition) has its members removed everywhere else.
     """
 
     require_user: bool = False
@@ -82,6 +88,8 @@ class HubConfig:
     session_check_interval: float | None = 60.0
     allowed_origins: tuple[str, ...] = attrs.field(default=(), converter=validate_origins)
     max_connections_per_address: int | None = 1000
+    presence_window: float = 0.1
+    presence_interval: float = 5.0
 
 
 def session_limits(config: HubConfig) -> SessionLimits:

@@ -195,6 +195,8 @@ class MongoFanout:
             broadcasts reach its subscribers after a round trip through
             MongoDB instead of at once, and not at all while it is
             unreachable (they are held, then delivered). Off by default.
+        drain_timeout: when the hub stops, seconds it may take to store what
+            is still held (a graceful stop loses nothing while MongoDB answers).
     """
 
     def __init__(
@@ -214,6 +216,7 @@ class MongoFanout:
         probe_interval: float = 1.0,
         reset_margin: float = 5.0,
         ordered: bool = False,
+        drain_timeout: float = 2.0,
     ) -> None:
         self.database = database = database_of(database)
         self.ordered = ordered
@@ -230,6 +233,7 @@ class MongoFanout:
         self.probe_interval = probe_interval
         self.busy_poll_interval = min(busy_poll_interval, poll_interval)
         self.reset_margin = reset_margin
+        self.drain_timeout = drain_timeout
         self.origin = secrets.token_hex(8)
         self._collection: Collection[Any] = database[COLLECTION]
         self._counters: Collection[Any] = database[COUNTERS]
@@ -243,7 +247,7 @@ class MongoFanout:
         self._sequence = Sequencer(self.origin, ordered=ordered, gap_timeout=gap_timeout, memory=max_pending)
         self._stored = self._delivered = self._skipped = self._dropped = self._unstorable = 0
         self._write_failures = self._read_failures = self._resets = 0
-        self._stopped = False  # run() has ended: nothing queued now will be stored by it
+        self._closed = False  # close() has run: nothing published now will be stored
         self._seen_at = _utcnow()  # when the sequence was last confirmed to be the one prepared
 
     @classmethod
@@ -267,8 +271,12 @@ class MongoFanout:
             )
             where = "not delivered" if self.ordered else "delivered locally only"
             raise FanoutOverflow(f"{channel}: {where}; MongoDB unreachable and buffer full")
-        if receipt is not None and self._stopped:
-            receipt.failed("the hub stopped before the broadcast was stored")
+        if self._closed:
+            self._dropped += 1
+            logger.error("fan-out: a broadcast to %s after the hub stopped is not sent to other instances", channel)
+            if receipt is not None:
+                receipt.failed("the hub stopped before the broadcast was stored")
+            return
         number = next(self._ids)
         self._pending.append(_Pending(channel, body, number, receipt))
         if self.ordered:  # before it is stored: the poller may read it back before the writer resumes
@@ -298,18 +306,41 @@ class MongoFanout:
         # Both set here, in Trio's thread, at once: nobody sees one without the other.
         self._begin(sink, epoch, last_seq)
         task_status.started()
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_forever)
-                if not self.ttl_index:
-                    nursery.start_soon(self._purge_forever)
-                await self._poll_forever(sink)
-        finally:
-            self._stopped = True
-            for item in self._pending:  # still held: nobody waits for them in vain
-                if item.receipt is not None:
-                    item.receipt.failed("the hub stopped before the broadcast was stored")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write_forever)
+            if not self.ttl_index:
+                nursery.start_soon(self._purge_forever)
+            await self._poll_forever(sink)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def close(self) -> None:
+        """Once ``run`` has ended (the hub is stopping): store what is still
+        held, for at most ``drain_timeout`` seconds, so that a graceful stop
+        loses no broadcast of the last moments; then fail the receipts of
+        what could not be stored and say how many were lost. The hub calls
+        it shielded from cancellation."""
+        with trio.move_on_after(self.drain_timeout):
+            while self._pending:
+                batch = list(itertools.islice(self._pending, self.batch_size))
+                try:
+                    result: _Stored = await self._db(self._store, batch, self._floor(), self._epoch)
+                except _CounterBehind:
+                    continue
+                except pymongo.errors.PyMongoError:
+                    break
+                self._settle(batch, result)
+        self._closed = True
+        if self._pending:
+            self._dropped += len(self._pending)
+            logger.error(
+                "fan-out: %d broadcast(s) held for other instances could not be stored before the hub "
+                "stopped (MongoDB unreachable); other instances do not get them",
+                len(self._pending),
+            )
+        for item in self._pending:  # nobody waits for them in vain
+            if item.receipt is not None:
+                item.receipt.failed("the hub stopped before the broadcast was stored")
+        self._pending.clear()
 
     async def history(self, channel: str, after: int, upto: int) -> list[tuple[int, str]] | None:
         """The stored broadcasts of ``channel`` with ``after < seq <= upto``, in
@@ -550,9 +581,8 @@ class MongoFanout:
                 self._wake = trio.Event()
                 await self._wake.wait()
             batch = list(itertools.islice(self._pending, self.batch_size))
-            floor = max(self._reserved, self._sequence.last_seq)
             try:
-                result: _Stored = await self._db(self._store, batch, floor, self._epoch)
+                result: _Stored = await self._db(self._store, batch, self._floor(), self._epoch)
             except _CounterBehind as behind:
                 logger.warning(
                     "fan-out: the sequence counter went back; moved to %d%s",
@@ -572,28 +602,36 @@ class MongoFanout:
                     exc,
                 )
                 continue
-            self._reserved = max(self._reserved, result.reserved)
-            refused = {id(item): why for item, why in result.refused}
-            for item in batch:
-                self._pending.popleft()
-                if item.receipt is not None and id(item) not in refused:
-                    item.receipt.stored()
-            self._stored += len(batch) - len(refused)
-            for item, why in result.refused:
-                if item.receipt is not None:
-                    item.receipt.failed(f"MongoDB cannot store it ({why})")
-                self._echo.pop(f"{self.origin}-{item.number}", None)
-                self._unstorable += 1
-                logger.error(
-                    "fan-out: a broadcast to %s cannot be stored in MongoDB (%s); %s gets it (%d such so far)",
-                    item.channel,
-                    why,
-                    "no instance" if self.ordered else "no other instance",
-                    self._unstorable,
-                )
+            self._settle(batch, result)
             outage.over(
                 "MongoDB reachable again after %.1f s: stored the held broadcasts (%d still waiting)",
                 len(self._pending),
+            )
+
+    def _floor(self) -> int:
+        """Every number this instance reserved or read: a new reservation must be above it."""
+        return max(self._reserved, self._sequence.last_seq)
+
+    def _settle(self, batch: list[_Pending], result: _Stored) -> None:
+        """``batch`` (the head of the queue) was stored, but for ``result.refused``."""
+        self._reserved = max(self._reserved, result.reserved)
+        refused = {id(item): why for item, why in result.refused}
+        for item in batch:
+            self._pending.popleft()
+            if item.receipt is not None and id(item) not in refused:
+                item.receipt.stored()
+        self._stored += len(batch) - len(refused)
+        for item, why in result.refused:
+            if item.receipt is not None:
+                item.receipt.failed(f"MongoDB cannot store it ({why})")
+            self._echo.pop(f"{self.origin}-{item.number}", None)
+            self._unstorable += 1
+            logger.error(
+                "fan-out: a broadcast to %s cannot be stored in MongoDB (%s); %s gets it (%d such so far)",
+                item.channel,
+                why,
+                "no instance" if self.ordered else "no other instance",
+                self._unstorable,
             )
 
     async def _poll_forever(self, sink: FanoutSink) -> NoReturn:

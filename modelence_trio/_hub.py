@@ -31,6 +31,7 @@ from ._connection import Connection
 from ._resources import connection_limit, quiet_accept_errors
 from ._router import Router
 from ._session import Session
+from ._tracker import Tracker
 from ._transport import Transport
 from ._upkeep import heartbeats, session_checks
 from .protocol import Welcome, token_from_request
@@ -72,8 +73,11 @@ class Hub:
         config: HubConfig = HubConfig(),
         fanout: FanoutBackend | None = None,
     ) -> None:
+        self._instance = secrets.token_hex(4)
         self._router = Router(channels, fanout)
-        self._actions = Actions(self._router)
+        self._tracker = Tracker(self._router, self._instance)
+        self._router.on_presence = self._tracker.receive
+        self._actions = Actions(self._router, self._tracker)
         self._admission = Admission(config, authenticator)
         self._config = config
         self._session_limits = session_limits(config)
@@ -84,7 +88,6 @@ class Hub:
         self._stopping = False
         self._running = False  # run() has begun
         self._ready = False  # and is ready
-        self._instance = secrets.token_hex(4)
         for channel in self._router.channels.values():
             channel._attach(self)
 
@@ -169,6 +172,8 @@ class Hub:
                 nursery.start_soon(self._router.sweep_histories)
                 if self.fanout is not None:
                     await nursery.start(self.fanout.run, self._router)
+                if self._tracker.enabled:
+                    nursery.start_soon(self._tracker.run, config.presence_window, config.presence_interval)
                 self._ready = True
                 task_status.started()
             raise AssertionError("unreachable: the heartbeats never end")  # pragma: no cover
@@ -176,6 +181,12 @@ class Hub:
             self._running = self._ready = False
             self.trio_token = None
             self.begin_shutdown()
+            with trio.CancelScope(shield=True):
+                # The other instances: this one's members leave now, and what
+                # it still holds for them is stored (within the backend's bound).
+                self._tracker.stop()
+                if self.fanout is not None:
+                    await self.fanout.close()
 
     @property
     def running(self) -> bool:
@@ -299,6 +310,7 @@ class Hub:
             await transport.run(functools.partial(self._actions.handle, conn))
             conn.peer_closed()
         finally:
+            self._tracker.drop(conn)
             self._router.registry.drop(conn)
             self._connections.discard(conn)
             if conn.failed and not conn.closed and conn.close_reason is not None:

@@ -4,7 +4,9 @@ For tests (``modelence_trio.testing``): three hubs sharing one
 :class:`MemoryBus` behave as three instances on one database, with the
 same sequence, gaps, copies and recovery rules as ``MongoFanout`` (the
 :class:`~._sequencer.Sequencer` is shared), under ``MockClock`` and in
-milliseconds. A broadcast is stored at once (there is no outage in memory).
+milliseconds. A broadcast is stored at once, unless the test cut the
+backend off (:meth:`MemoryFanout.cut`: an instance that lost its database,
+or, never healed, one that crashed).
 """
 
 from __future__ import annotations
@@ -70,12 +72,32 @@ class MemoryFanout:
         self._sequence = Sequencer(self.origin, ordered=ordered, gap_timeout=0.0)
         self._ids = itertools.count()
         self._stored = self._delivered = self._skipped = 0
+        self._held: list[tuple[str, str, Receipt | None]] = []
+        self._connected = trio.Event()
+        self._connected.set()
 
     def publish(self, channel: str, body: str, receipt: Receipt | None = None) -> None:
+        if not self._connected.is_set():
+            self._held.append((channel, body, receipt))
+            return
         self.bus.append(channel, body, self.origin, f"{self.origin}-{next(self._ids)}")
         if receipt is not None:
             receipt.stored()
         self._stored += 1
+
+    def cut(self) -> None:
+        """Cut this instance off the bus, as from its database: what it
+        publishes is held and it reads nothing, until :meth:`heal`. A cut
+        never healed is a crash, as the other instances see it."""
+        if self._connected.is_set():
+            self._connected = trio.Event()
+
+    def heal(self) -> None:
+        """Back on the bus: what was held is stored, in order, and reading resumes."""
+        self._connected.set()
+        held, self._held = self._held, []
+        for channel, body, receipt in held:
+            self.publish(channel, body, receipt)
 
     async def run(self, sink: FanoutSink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         self.epoch = self.bus.epoch
@@ -84,11 +106,21 @@ class MemoryFanout:
         task_status.started()
         sequence = self._sequence
         while True:
+            await self._connected.wait()
             await self.bus.wait_after(sequence.last_seq)
+            if not self._connected.is_set():
+                continue
             step = sequence.feed(self.bus.after(sequence.last_seq, self.batch_size), trio.current_time())
             self._skipped += step.skipped
             self._delivered += deliver_stored(step.deliver, sink, ordered=self.ordered)
             await trio.lowlevel.checkpoint()
+
+    async def close(self) -> None:
+        """What is held (cut off) is lost, as a stopped instance's would be."""
+        for _, _, receipt in self._held:
+            if receipt is not None:
+                receipt.failed("the hub stopped before the broadcast was stored")
+        self._held.clear()
 
     async def history(self, channel: str, after: int, upto: int) -> list[tuple[int, str]] | None:
         stored = self.bus.stored
@@ -101,4 +133,6 @@ class MemoryFanout:
         ]
 
     def statistics(self) -> FanoutStatistics:
-        return FanoutStatistics(0, self._stored, self._delivered, self._skipped, 0, 0, 0, self._sequence.last_seq)
+        return FanoutStatistics(
+            len(self._held), self._stored, self._delivered, self._skipped, 0, 0, 0, self._sequence.last_seq
+        )

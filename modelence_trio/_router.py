@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import trio
@@ -30,6 +30,7 @@ import trio
 from ._backend import FanoutBackend, Receipt
 from ._channel import ServerChannel
 from ._history import History, HistoryBook
+from ._presence import PRESENCE_CHANNEL
 from ._registry import Registry
 from ._wire import Outgoing, check_sendable
 from .protocol import Since, encode_data, encode_message, message_frame
@@ -49,6 +50,8 @@ class Router:
         self.fanout = fanout
         self.registry = Registry()
         self.histories = HistoryBook()
+        #: Where presence messages of other instances go (the hub's ``Tracker``).
+        self.on_presence: Callable[[str], None] | None = None
 
     def broadcast(self, channel: ServerChannel[Any], name: str, data: Any, receipt: Receipt | None = None) -> None:
         """Route one broadcast; ``receipt`` (``broadcast_stored``) is settled
@@ -94,6 +97,10 @@ class Router:
         frames: list[tuple[str, Outgoing]] = []
         histories, channels = self.histories, self.channels
         for name, body, seq in items:
+            if name == PRESENCE_CHANNEL:  # not a channel: the instances' presence exchange
+                if self.on_presence is not None:
+                    self.on_presence(body)
+                continue
             try:
                 history = self.history_of(channels.get(name.partition(":")[0])) if ordered else None
                 if history is None:

@@ -121,6 +121,14 @@ class Session:
             return JoinError(channel, ErrorCode.RATE_LIMITED, f"at most {rate:g} joins per second", ref)
         return None
 
+    def admit_presence(self, ref: Ref, now: float) -> Error | None:
+        """``None`` if a ``presence`` request may be answered: it counts
+        against the join rate (an answer may list many members)."""
+        rate = self.limits.joins_per_second
+        if rate is not None and not self._join_budget.take(rate, now):
+            return Error(ErrorCode.RATE_LIMITED, f"at most {rate:g} joins and presence requests per second", ref)
+        return None
+
     def admit_publish(self, ref: Ref, now: float) -> Error | None:
         """``None`` if a publish (into a joined channel) may go on; else the error to send."""
         rate = self.limits.publishes_per_second

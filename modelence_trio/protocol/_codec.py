@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NoReturn
 
 import attrs
@@ -26,6 +26,10 @@ from ._frames import (
     Message,
     Ping,
     Pong,
+    PresenceDiff,
+    PresenceMember,
+    PresenceQuery,
+    PresenceState,
     Publish,
     Published,
     Ref,
@@ -46,6 +50,8 @@ __all__ = [
     "message_frame",
     "parse_client_frame",
     "parse_server_frame",
+    "presence_diff_frame",
+    "presence_state_frame",
 ]
 
 _MAX_SAFE_INT = 2**53  # the largest integer every JavaScript client reads exactly
@@ -114,10 +120,68 @@ def encode_message(channel: str, data: JsonValue, offset: int | None = None, epo
     return message_frame(channel, encode_data(channel, data), offset, epoch)
 
 
+#: A presence member as the server holds it: key, connections, metadata as JSON text.
+EncodedMember = tuple[str, int, str]
+
+
+def _members(members: Iterable[EncodedMember]) -> str:
+    return (
+        "["
+        + ",".join(
+            '{"key":' + _dumps(key) + ',"connections":' + str(int(connections)) + ',"meta":' + meta + "}"
+            for key, connections, meta in members
+        )
+        + "]"
+    )
+
+
+def presence_state_frame(
+    channel: str, count: int, members: Iterable[EncodedMember] | None, truncated: bool = False, ref: Ref = None
+) -> str:
+    """A ``presence_state`` frame, by string assembly around metadata
+    encoded once per member (``members`` ``None``: a counts-only channel)."""
+    text = '{"type":"presence_state","channel":' + _dumps(channel) + ',"count":' + str(int(count))
+    if members is not None:
+        text += ',"members":' + _members(members) + ',"truncated":' + ("true" if truncated else "false")
+    if ref is not None:
+        text += ',"ref":' + _dumps(ref)
+    return text + "}"
+
+
+def presence_diff_frame(
+    channel: str,
+    count: int,
+    joins: Iterable[EncodedMember] | None,
+    leaves: Iterable[EncodedMember] | None,
+    truncated: bool = False,
+) -> str:
+    """A ``presence_diff`` frame (``joins``/``leaves`` ``None``: counts only)."""
+    text = '{"type":"presence_diff","channel":' + _dumps(channel) + ',"count":' + str(int(count))
+    if joins is not None and leaves is not None:
+        text += ',"joins":' + _members(joins) + ',"leaves":' + _members(leaves)
+        text += ',"truncated":' + ("true" if truncated else "false")
+    return text + "}"
+
+
+def _encoded(members: tuple[PresenceMember, ...] | None) -> list[EncodedMember] | None:
+    if members is None:
+        return None
+    return [(m.key, m.connections, _dumps(m.meta)) for m in members]
+
+
 def encode(frame: ClientFrame | ServerFrame) -> str:
     """Encode any frame as one JSON object, ``type`` first and ``ref`` only when set."""
     if isinstance(frame, Message):
         return encode_message(frame.channel, frame.data, frame.offset, frame.epoch)
+    try:
+        if isinstance(frame, PresenceState):
+            members = _encoded(frame.members)
+            return presence_state_frame(frame.channel, frame.count, members, frame.truncated, frame.ref)
+        if isinstance(frame, PresenceDiff):
+            joins, leaves = _encoded(frame.joins), _encoded(frame.leaves)
+            return presence_diff_frame(frame.channel, frame.count, joins, leaves, frame.truncated)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise TypeError(f"frame {frame!r} is not JSON-serializable: {exc}") from None
     wire_type, fields = _ENCODERS[type(frame)]
     obj: dict[str, Any] = {"type": wire_type}
     for name in fields:
@@ -147,6 +211,7 @@ _ENCODERS: dict[type, tuple[str, tuple[str, ...]]] = {
     Leave: ("leave", ("channel",)),
     Publish: ("message", ("channel", "data")),
     Ping: ("ping", ()),
+    PresenceQuery: ("presence", ("channel",)),
     Welcome: ("welcome", ("protocol", "connection", "user", "roles")),
     Joined: ("joined", ("channel",)),
     Left: ("left", ("channel",)),
@@ -303,11 +368,16 @@ def _parse_ping(obj: Mapping[str, Any], ref: Ref, limits: Limits) -> ClientFrame
     return Ping(ref)
 
 
+def _parse_presence(obj: Mapping[str, Any], ref: Ref, limits: Limits) -> ClientFrame:
+    return PresenceQuery(_channel(obj, ref, limits), ref)
+
+
 _CLIENT_PARSERS: dict[str, Callable[[Mapping[str, Any], Ref, Limits], ClientFrame]] = {
     "join": _parse_join,
     "leave": _parse_leave,
     "message": _parse_publish,
     "ping": _parse_ping,
+    "presence": _parse_presence,
 }
 
 
@@ -367,6 +437,30 @@ def _position(obj: Mapping[str, Any]) -> tuple[int, str] | tuple[None, None]:
     return None, None
 
 
+def _count(obj: Mapping[str, Any]) -> int:
+    count = obj.get("count")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise ProtocolError(ErrorCode.INVALID_FIELD, "field 'count' must be an integer >= 0")
+    return count
+
+
+def _member_list(obj: Mapping[str, Any], key: str) -> tuple[PresenceMember, ...] | None:
+    """A list of members, or ``None`` when the field is absent (counts only)."""
+    if key not in obj:
+        return None
+    items = obj[key]
+    if not isinstance(items, list):
+        raise ProtocolError(ErrorCode.INVALID_FIELD, f"field {key!r} must be a list of members")
+    members = []
+    for item in items:
+        name = item.get("key") if isinstance(item, dict) else None
+        connections = item.get("connections") if isinstance(item, dict) else None
+        if not isinstance(name, str) or not isinstance(connections, int) or isinstance(connections, bool):
+            raise ProtocolError(ErrorCode.INVALID_FIELD, f"a member in {key!r} needs a string 'key' and 'connections'")
+        members.append(PresenceMember(name, connections, item.get("meta")))
+    return tuple(members)
+
+
 def parse_server_frame(text: str | bytes) -> ServerFrame:
     """Parse one message from the server (the client's side of the protocol).
 
@@ -395,6 +489,15 @@ def parse_server_frame(text: str | bytes) -> ServerFrame:
             return Published(_string(obj, "channel", ref), ref)
         if kind == "error":
             return Error(_string(obj, "code", ref), _string(obj, "error", ref), ref)
+        if kind == "presence_state":
+            channel, count, members = _string(obj, "channel", ref), _count(obj), _member_list(obj, "members")
+            return PresenceState(channel, count, members, obj.get("truncated") is True, ref)
+        if kind == "presence_diff":
+            channel, count = _string(obj, "channel", ref), _count(obj)
+            joins, leaves = _member_list(obj, "joins"), _member_list(obj, "leaves")
+            if (joins is None) != (leaves is None):
+                raise ProtocolError(ErrorCode.INVALID_FIELD, "a presence_diff has both 'joins' and 'leaves' or neither")
+            return PresenceDiff(channel, count, joins, leaves, obj.get("truncated") is True)
         if kind == "welcome":
             user = obj.get("user")
             roles = obj.get("roles")

@@ -29,6 +29,7 @@ class ErrorCode(enum.StrEnum):
     HANDLER_ERROR = "handler_error"
     TOO_MANY_CHANNELS = "too_many_channels"
     RATE_LIMITED = "rate_limited"
+    PRESENCE_NOT_ENABLED = "presence_not_enabled"
 
 
 class CloseCode(enum.IntEnum):

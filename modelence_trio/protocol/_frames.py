@@ -25,6 +25,10 @@ __all__ = [
     "Message",
     "Ping",
     "Pong",
+    "PresenceDiff",
+    "PresenceMember",
+    "PresenceQuery",
+    "PresenceState",
     "Publish",
     "Published",
     "Ref",
@@ -80,7 +84,15 @@ class Ping:
     ref: Ref = None
 
 
-ClientFrame: TypeAlias = "Join | Leave | Publish | Ping"
+@attrs.frozen
+class PresenceQuery:
+    """Ask for the current members of a joined channel (``presence_state`` answers)."""
+
+    channel: str
+    ref: Ref = None
+
+
+ClientFrame: TypeAlias = "Join | Leave | Publish | Ping | PresenceQuery"
 
 
 # --- server to client ---------------------------------------------------------
@@ -156,4 +168,43 @@ class Error:
     ref: Ref = None
 
 
-ServerFrame: TypeAlias = "Welcome | Joined | Left | JoinError | Message | Published | Pong | Error"
+@attrs.frozen
+class PresenceMember:
+    """One member of a presence channel: a user (``key`` its id) or an
+    anonymous connection, with its open connections and the server's metadata."""
+
+    key: str
+    connections: int
+    meta: JsonValue = None
+
+
+@attrs.frozen
+class PresenceState:
+    """Who is in a channel: sent after ``joined`` and in answer to ``presence``.
+    ``members`` is ``None`` on a counts-only channel; ``truncated``: there are
+    more than listed (``count`` says how many)."""
+
+    channel: str
+    count: int
+    members: tuple[PresenceMember, ...] | None = ()
+    truncated: bool = False
+    ref: Ref = None
+
+
+@attrs.frozen
+class PresenceDiff:
+    """What changed since the last state or diff: members that joined or
+    changed (their new state), members that left (their last state).
+    ``joins``/``leaves`` are ``None`` on a counts-only channel; ``truncated``:
+    some changes are not listed."""
+
+    channel: str
+    count: int
+    joins: tuple[PresenceMember, ...] | None = ()
+    leaves: tuple[PresenceMember, ...] | None = ()
+    truncated: bool = False
+
+
+ServerFrame: TypeAlias = (
+    "Welcome | Joined | Left | JoinError | Message | Published | Pong | Error | PresenceState | PresenceDiff"
+)
