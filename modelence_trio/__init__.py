@@ -22,6 +22,7 @@ from ._client import (
     ClientMessage,
     ConnectionLost,
     JoinRefused,
+    PresenceSnapshot,
     RequestFailed,
     open_client,
 )
@@ -33,7 +34,7 @@ from ._methods import MethodContext, MethodError
 from ._mongo_auth import MongoSessionAuthenticator
 from ._presence import Presence
 from ._serve import serve_websocket
-from .protocol import CloseCode, ErrorCode
+from .protocol import CloseCode, ErrorCode, PresenceMember
 
 __all__ = [
     "App",
@@ -66,6 +67,8 @@ __all__ = [
     "MongoFanout",
     "MongoSessionAuthenticator",
     "Presence",
+    "PresenceMember",
+    "PresenceSnapshot",
     "PublishRejected",
     "RequestFailed",
     "ServerChannel",

@@ -14,7 +14,7 @@ import trio_websocket
 from typing_extensions import TypeVar
 
 from ._channel import MAX_ID_LENGTH_CEILING
-from ._client_state import ClientSession, Delivery, Notice, Rejoined, Reply
+from ._client_state import ClientSession, Delivery, Notice, PresenceSnapshot, PresenceUpdate, Rejoined, Reply
 from ._util import Backoff, background_nursery
 from .protocol import (
     ClientFrame,
@@ -26,6 +26,7 @@ from .protocol import (
     Left,
     Message,
     Ping,
+    PresenceQuery,
     ProtocolError,
     Publish,
     ServerFrame,
@@ -46,6 +47,7 @@ __all__ = [
     "ConnectionLost",
     "Dialer",
     "JoinRefused",
+    "PresenceSnapshot",
     "RequestFailed",
     "open_client",
     "url_dialer",
@@ -118,12 +120,21 @@ class ClientChannel(Generic[T]):
 
     ``on_message`` is called with each :class:`ClientMessage` of the category; it
     runs inside the client's reader, so it must be quick and must not block
-    (hand slow work to a task, or use ``Client.messages()``).
+    (hand slow work to a task, or use ``Client.messages()``). On a category
+    with presence, ``on_presence`` is called the same way with a channel's
+    :class:`PresenceSnapshot` (who is there) after each change.
     """
 
-    def __init__(self, category: str, on_message: Callable[[ClientMessage[T]], None] | None = None) -> None:
+    def __init__(
+        self,
+        category: str,
+        on_message: Callable[[ClientMessage[T]], None] | None = None,
+        *,
+        on_presence: Callable[[PresenceSnapshot], None] | None = None,
+    ) -> None:
         self.category = category
         self.on_message = on_message
+        self.on_presence = on_presence
         self._client: Client | None = None
 
     def _bound(self) -> Client:
@@ -139,6 +150,10 @@ class ClientChannel(Generic[T]):
 
     async def publish(self, channel_id: str, data: T) -> None:
         await self._bound().publish(f"{self.category}:{channel_id}", data)
+
+    def presence(self, channel_id: str) -> PresenceSnapshot:
+        """Who is in ``category:channel_id``, as last heard (see :meth:`Client.presence`)."""
+        return self._bound().presence(f"{self.category}:{channel_id}")
 
 
 @attrs.define(eq=False)
@@ -256,6 +271,23 @@ class Client:
         start = trio.current_time()
         await self._request(lambda ref: Ping(ref), retry=True)
         return trio.current_time() - start
+
+    def presence(self, channel: str) -> PresenceSnapshot:
+        """Who is in the joined presence channel ``channel``, as last heard:
+        the server sends the members after the join and every change after
+        that (coalesced), so this is current without a round trip. Empty
+        before the join's answer, and for channels without presence."""
+        return self._book.presence(channel)
+
+    async def fetch_presence(self, channel: str) -> PresenceSnapshot:
+        """Ask the server for the members of the joined ``channel`` now.
+
+        Raises:
+            RequestFailed: ``not_joined``, ``presence_not_enabled``, ``rate_limited``.
+        """
+        _check_name(channel)
+        await self._request(lambda ref: PresenceQuery(channel, ref), retry=True)
+        return self._book.presence(channel)
 
     def messages(self, buffer: int = 1024) -> trio.MemoryReceiveChannel[ClientMessage[Any]]:
         """Every delivery from the first call on, in order, across reconnects.
@@ -389,6 +421,8 @@ class Client:
             elif isinstance(incoming, Reply):
                 incoming.waiter.reply = incoming.frame
                 incoming.waiter.event.set()
+            elif isinstance(incoming, PresenceUpdate):
+                self._presence_changed(incoming)
             elif isinstance(incoming, Notice):
                 notice = incoming.frame
                 if isinstance(notice, Left):  # the server removed us (access revoked): not re-joined
@@ -397,6 +431,17 @@ class Client:
                     logger.warning("server error: %s: %s", notice.code, notice.error)
             elif incoming.malformed:
                 logger.warning("ignoring a frame from the server: %s", incoming.why)
+
+    def _presence_changed(self, update: PresenceUpdate[_Pending]) -> None:
+        if update.waiter is not None:
+            update.waiter.reply = update.frame
+            update.waiter.event.set()
+        channel = self._channels.get(update.snapshot.channel.partition(":")[0])
+        if channel is not None and channel.on_presence is not None:
+            try:
+                channel.on_presence(update.snapshot)
+            except Exception:
+                logger.exception("on_presence handler for %s raised", update.snapshot.channel)
 
     async def _dispatch(self, frame: Message) -> None:
         message: ClientMessage[Any] = ClientMessage(frame.channel, frame.data)

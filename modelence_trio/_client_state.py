@@ -5,10 +5,12 @@ says what it is (a delivery, the reply to a request, a ``left`` the server
 decided, an error, a frame to ignore), and holds the ``ChannelBook``: which
 channels to re-join after a reconnect and from which position, and what a
 re-join's answer means (joined, gap reported, refused). The reconnect delays
-come from its ``Backoff``. The Python client (``_client.py``) keeps only
-the I/O (the socket, the waiting callers, the timers) and asks this object;
-the browser client implements the same rules, and both pass the shared
-vectors in tests/vectors/client.json.
+come from its ``Backoff``. It also keeps each joined presence channel's
+members, from the server's ``presence_state`` and ``presence_diff`` frames.
+The Python client (``_client.py``) keeps only the I/O (the socket, the
+waiting callers, the timers) and asks this object; the browser client
+implements the same rules, and both pass the shared vectors in
+tests/vectors/client.json.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from .protocol import (
     JoinError,
     Left,
     Message,
+    PresenceDiff,
+    PresenceMember,
+    PresenceState,
     ProtocolError,
     Ref,
     ServerFrame,
@@ -34,7 +39,17 @@ from .protocol import (
     parse_server_frame,
 )
 
-__all__ = ["ChannelBook", "ClientSession", "Delivery", "Ignored", "Notice", "Rejoined", "Reply"]
+__all__ = [
+    "ChannelBook",
+    "ClientSession",
+    "Delivery",
+    "Ignored",
+    "Notice",
+    "PresenceSnapshot",
+    "PresenceUpdate",
+    "Rejoined",
+    "Reply",
+]
 
 W = TypeVar("W")
 
@@ -63,6 +78,29 @@ class Notice:
 
 
 @attrs.frozen
+class PresenceSnapshot:
+    """Who is in a presence channel, as this client last heard.
+
+    ``members`` is ``None`` on a counts-only channel; ``truncated``: the
+    server lists fewer members than ``count`` (a large channel)."""
+
+    channel: str
+    count: int = 0
+    members: tuple[PresenceMember, ...] | None = ()
+    truncated: bool = False
+
+
+@attrs.frozen
+class PresenceUpdate(Generic[W]):
+    """A channel's members changed (``frame`` said so); ``waiter``: who asked
+    for them with a ``presence`` request, if anyone."""
+
+    frame: PresenceState | PresenceDiff
+    snapshot: PresenceSnapshot
+    waiter: W | None = None
+
+
+@attrs.frozen
 class Ignored:
     """A frame to drop: not valid protocol (``malformed``: worth a warning), or
     one that means nothing here (a reply, other than ``left`` or ``error``,
@@ -72,7 +110,7 @@ class Ignored:
     malformed: bool = False
 
 
-Incoming = Delivery | Reply[W] | Notice | Ignored
+Incoming = Delivery | Reply[W] | Notice | PresenceUpdate[W] | Ignored
 
 
 class ClientSession(Generic[W]):
@@ -111,6 +149,11 @@ class ClientSession(Generic[W]):
             return Delivery(frame)
         ref: Ref = getattr(frame, "ref", None)
         waiter = self._waiting.get(ref) if isinstance(ref, int) else None
+        if isinstance(frame, PresenceState | PresenceDiff):
+            snapshot = self.book.presence_frame(frame)
+            if snapshot is None:
+                return Ignored(f"a presence_diff for {frame.channel} before its presence_state")
+            return PresenceUpdate(frame, snapshot, waiter)
         if waiter is not None:
             return Reply(frame, waiter)
         if isinstance(frame, Left):
@@ -136,11 +179,12 @@ class Rejoined(enum.Enum):
 class ChannelBook:
     """The channels a client has joined and the last position seen on each."""
 
-    __slots__ = ("_joined", "_positions")
+    __slots__ = ("_joined", "_positions", "_presence")
 
     def __init__(self) -> None:
         self._joined: set[str] = set()
         self._positions: dict[str, Since] = {}
+        self._presence: dict[str, _Members] = {}
 
     @property
     def joined(self) -> frozenset[str]:
@@ -156,6 +200,32 @@ class ChannelBook:
         """The app left ``channel`` (online or not): it is not re-joined."""
         self._joined.discard(channel)
         self._positions.pop(channel, None)
+        self._presence.pop(channel, None)
+
+    def presence(self, channel: str) -> PresenceSnapshot:
+        """The members of ``channel`` as last heard (none before its first state)."""
+        members = self._presence.get(channel)
+        return members.snapshot(channel) if members is not None else PresenceSnapshot(channel)
+
+    def presence_frame(self, frame: PresenceState | PresenceDiff) -> PresenceSnapshot | None:
+        """Apply a presence frame; the channel's members after it, or ``None``
+        for a diff that has no state to apply to (ignore it)."""
+        if isinstance(frame, PresenceState):
+            members = self._presence[frame.channel] = _Members()
+            members.count, members.truncated = frame.count, frame.truncated
+            members.keyed = None if frame.members is None else {m.key: m for m in frame.members}
+            return members.snapshot(frame.channel)
+        found = self._presence.get(frame.channel)
+        if found is None:
+            return None
+        found.count = frame.count
+        found.truncated = found.truncated or frame.truncated
+        if found.keyed is not None:
+            for member in frame.joins or ():
+                found.keyed[member.key] = member
+            for member in frame.leaves or ():
+                found.keyed.pop(member.key, None)
+        return found.snapshot(frame.channel)
 
     def message(self, frame: Message) -> None:
         if frame.channel in self._joined:
@@ -190,3 +260,16 @@ class ChannelBook:
     def _remember(self, channel: str, offset: int | None, epoch: str | None) -> None:
         if offset is not None and epoch is not None:
             self._positions[channel] = Since(offset, epoch)
+
+
+@attrs.define
+class _Members:
+    """One channel's members, by key, in the order they came (``None``: counts only)."""
+
+    count: int = 0
+    truncated: bool = False
+    keyed: dict[str, PresenceMember] | None = attrs.field(factory=dict)
+
+    def snapshot(self, channel: str) -> PresenceSnapshot:
+        members = None if self.keyed is None else tuple(self.keyed.values())
+        return PresenceSnapshot(channel, self.count, members, self.truncated)

@@ -211,7 +211,9 @@ def test_the_browser_client_passes_the_shared_vectors(browser: Browser) -> None:
                 const client = await import(url);
                 window.__client = client;
                 const record = (data, { channel }) => __records.push(["message", channel, data]);
-                const chat = new client.ClientChannel("chat", record);
+                const chat = new client.ClientChannel("chat", record, {
+                    onPresence: (presence, { channel }) => __records.push(["presence", channel, presence]),
+                });
                 window.__chat = chat;
                 client.startWebsockets({
                     url: "ws://vectors.invalid/ws", channels: [chat], pingInterval: 1e9,

@@ -14,12 +14,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
 import trio_websocket
 
-from modelence_trio import Backoff, Client, ClientChannel, open_client
+from modelence_trio import Backoff, Client, ClientChannel, PresenceSnapshot, open_client
 from modelence_trio._client import ClientMessage
 
 VECTORS: list[dict[str, Any]] = json.loads((Path(__file__).parent / "vectors" / "client.json").read_text())
@@ -61,10 +62,15 @@ async def test_the_python_client_passes(vector: dict[str, Any]) -> None:
         def on_message(message: ClientMessage[Any]) -> None:
             records.append(["message", message.channel, message.data])
 
+        def on_presence(snapshot: PresenceSnapshot) -> None:
+            members = None if snapshot.members is None else [attrs.asdict(m) for m in snapshot.members]
+            state = {"count": snapshot.count, "members": members, "truncated": snapshot.truncated}
+            records.append(["presence", snapshot.channel, state])
+
         holder: list[Client] = []
 
         async def run_client() -> None:
-            channels = [ClientChannel("chat", on_message)]
+            channels = [ClientChannel("chat", on_message, on_presence=on_presence)]
             backoff = Backoff(initial=0.01, maximum=0.01, jitter=0)
 
             def on_recovery_failed(channel: str) -> None:

@@ -10,10 +10,21 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 import trio_websocket
 
-from modelence_trio import Hub, HubConfig, MemoryAuthenticator, Presence, ServerChannel, User
+from modelence_trio import (
+    ClientChannel,
+    Hub,
+    HubConfig,
+    MemoryAuthenticator,
+    Presence,
+    PresenceSnapshot,
+    RequestFailed,
+    ServerChannel,
+    User,
+)
 from modelence_trio.testing import MemoryBus, MemoryFanout, MemoryServer, open_memory_server
 
 from .helpers import receive_json, request, send_json
@@ -293,3 +304,31 @@ async def test_presence_survives_a_bad_message_on_the_bus(autojump_clock: trio.a
         await join(await dial(b, nursery, "bob"))
         await view.until(watcher, {"u-ann", "u-bob"}, within=2)
         nursery.cancel_scope.cancel()
+
+
+async def test_the_python_client_keeps_the_members(autojump_clock: trio.abc.Clock) -> None:
+    seen: list[PresenceSnapshot] = []
+    hub = Hub([room(), ServerChannel("plain")], authenticator=authenticator())
+    async with (
+        open_memory_server(hub) as server,
+        server.client(token="ann", channels=[ClientChannel("room", on_presence=seen.append)]) as ann,
+        server.client(token="bob") as bob,
+    ):
+        await ann.join("room:1")
+        with trio.fail_after(1):  # the state follows the joined answer
+            while ann.presence("room:1").count < 1:
+                await trio.sleep(0.01)
+        await bob.join("room:1")
+        with trio.fail_after(1):
+            while ann.presence("room:1").count < 2:
+                await trio.sleep(0.01)
+        members = ann.presence("room:1").members
+        assert members is not None and [m.key for m in members] == ["u-ann", "u-bob"]
+        assert members[1].meta == {"handle": "bob"}
+        assert seen[-1] == ann.presence("room:1") and seen[0].count == 1
+        await bob.leave("room:1")
+        assert (await ann.fetch_presence("room:1")).count == 1
+        await ann.join("plain:1")
+        with pytest.raises(RequestFailed, match="presence_not_enabled"):
+            await ann.fetch_presence("plain:1")
+        assert ann.presence("plain:1") == PresenceSnapshot("plain:1")  # nothing known

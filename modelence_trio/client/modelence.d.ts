@@ -22,15 +22,36 @@ export class JoinError extends Error {
   constructor(channel: string, code: string, message: string);
 }
 
+/** One member of a presence channel: a user (`key`: its id) or an anonymous connection. */
+export interface PresenceMember {
+  key: string;
+  /** Its open connections to the channel, on every instance. */
+  connections: number;
+  /** What the server's presence meta hook said of it (never what a client claims). */
+  meta: unknown;
+}
+
+/** Who is in a presence channel, as last heard from the server. */
+export interface Presence {
+  count: number;
+  /** null on a counts-only channel. */
+  members: PresenceMember[] | null;
+  /** The server lists fewer members than `count` (a large channel). */
+  truncated: boolean;
+}
+
 export interface ClientChannelOptions {
   /** Called when a join of this category is refused. */
   onJoinError?: (error: JoinError) => void;
+  /** On a category with presence: called after each change of who is in one of its channels. */
+  onPresence?: (presence: Presence, source: MessageSource) => void;
 }
 
 export class ClientChannel<T = unknown> {
   readonly category: string;
   onMessage: (data: T, source: MessageSource) => void;
   onJoinError?: (error: JoinError) => void;
+  onPresence?: (presence: Presence, source: MessageSource) => void;
   constructor(category: string, onMessage: (data: T, source: MessageSource) => void, options?: ClientChannelOptions);
   /** Join `${category}:${id}`; resolves once joined, rejects with JoinError if refused.
    * Re-joined automatically after every reconnect until left. */
@@ -40,6 +61,10 @@ export class ClientChannel<T = unknown> {
   /** Publish into the joined channel `${category}:${id}`; resolves once the server handled it,
    * rejects with its error ("not_joined: ...", "publish_rejected: ...") otherwise. */
   publishToChannel(id: string, data: T): Promise<void>;
+  /** Who is in the joined presence channel `${category}:${id}`, as last heard (no round trip). */
+  presence(id: string): Presence;
+  /** Ask the server who is in the joined channel now. */
+  fetchPresence(id: string): Promise<Presence>;
 }
 
 export interface Backoff {

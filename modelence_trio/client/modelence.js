@@ -49,6 +49,8 @@ export class ClientChannel {
    * @param category the part of channel names before the ":"
    * @param onMessage called as onMessage(data, { channel, id }) for every message
    * @param options.onJoinError called as onJoinError(error) when a join of this category is refused
+   * @param options.onPresence on a category with presence, called as
+   *   onPresence({ count, members, truncated }, { channel, id }) after each change of who is there
    */
   constructor(category, onMessage, options = {}) {
     if (!category || category.includes(":")) {
@@ -57,6 +59,7 @@ export class ClientChannel {
     this.category = category;
     this.onMessage = onMessage;
     this.onJoinError = options.onJoinError;
+    this.onPresence = options.onPresence;
   }
 
   /** Join `${category}:${id}`; resolves once joined, rejects with JoinError if refused.
@@ -74,6 +77,20 @@ export class ClientChannel {
    * publishes); resolves once the server has handled it, rejects with its error otherwise. */
   publishToChannel(id, data) {
     return requireConnection().publish(`${this.category}:${id}`, data);
+  }
+
+  /** Who is in the joined presence channel `${category}:${id}`, as last heard:
+   * { count, members: [{ key, connections, meta }] (null on a counts-only channel), truncated }. */
+  presence(id) {
+    return requireConnection().presenceOf(`${this.category}:${id}`);
+  }
+
+  /** Ask the server who is in the joined channel now; resolves with presence(id)'s shape. */
+  fetchPresence(id) {
+    const name = `${this.category}:${id}`;
+    const connection = requireConnection();
+    if (!connection.ready) return Promise.reject(new Error(`not connected: cannot ask who is in ${name}`));
+    return connection.request({ type: "presence", channel: name }).then(() => connection.presenceOf(name));
   }
 }
 
@@ -154,6 +171,7 @@ class Connection {
     this.pingInterval = options.pingInterval ?? 25000;
     this.pingTimeout = options.pingTimeout ?? 20000;
     this.joined = new Map(); // channel name -> ClientChannel: what to (re-)join
+    this.members = new Map(); // channel name -> { count, truncated, keyed: Map | null }: presence
     this.pending = new Map(); // ref -> { resolve, reject }
     this.nextRef = 1;
     this.ws = null;
@@ -280,6 +298,7 @@ class Connection {
   leave(name) {
     this.joined.delete(name);
     this.positions.delete(name);
+    this.members.delete(name);
     this.settle(name, new Error(`left ${name} before it was joined`));
     if (!this.ready) return Promise.resolve();
     return this.request({ type: "leave", channel: name }).then(() => undefined);
@@ -321,6 +340,7 @@ class Connection {
         const channel = this.joined.get(frame.channel);
         this.joined.delete(frame.channel);
         this.positions.delete(frame.channel);
+        this.members.delete(frame.channel);
         this.reply(frame.ref, error);
         if (channel?.onJoinError) channel.onJoinError(error);
         if (this.onJoinError) this.onJoinError(error);
@@ -332,11 +352,31 @@ class Connection {
           // The server removed the subscription (access revoked): do not re-join it.
           this.joined.delete(frame.channel);
           this.positions.delete(frame.channel);
+          this.members.delete(frame.channel);
           console.warn(`modelence-trio: left ${frame.channel}: ${frame.reason}`);
         } else {
           this.reply(frame.ref, null, frame);
         }
         break;
+      case "presence_state": {
+        const keyed = frame.members ? new Map(frame.members.map((m) => [m.key, m])) : null;
+        this.members.set(frame.channel, { count: frame.count, truncated: frame.truncated === true, keyed });
+        this.presenceChanged(frame.channel);
+        this.reply(frame.ref, null, frame);
+        break;
+      }
+      case "presence_diff": {
+        const view = this.members.get(frame.channel);
+        if (!view) break; // no state to apply it to
+        view.count = frame.count;
+        view.truncated ||= frame.truncated === true;
+        if (view.keyed) {
+          for (const member of frame.joins ?? []) view.keyed.set(member.key, member);
+          for (const member of frame.leaves ?? []) view.keyed.delete(member.key);
+        }
+        this.presenceChanged(frame.channel);
+        break;
+      }
       case "error":
         if (!this.reply(frame.ref, new Error(`${frame.code}: ${frame.error}`))) {
           console.warn("modelence-trio: server error", frame);
@@ -345,6 +385,18 @@ class Connection {
       default:
         this.reply(frame.ref, null, frame);
     }
+  }
+
+  presenceOf(name) {
+    const view = this.members.get(name);
+    if (!view) return { count: 0, members: [], truncated: false };
+    return { count: view.count, members: view.keyed ? [...view.keyed.values()] : null, truncated: view.truncated };
+  }
+
+  presenceChanged(name) {
+    const category = name.slice(0, name.indexOf(":"));
+    const channel = this.categories.get(category);
+    if (channel?.onPresence) channel.onPresence(this.presenceOf(name), { channel: name, id: name.slice(category.length + 1) });
   }
 
   reply(ref, error, frame) {
