@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -45,10 +45,11 @@ class CliServer:
         return self.process.returncode, err
 
 
-def start_cli(app: str = CHAT_APP, port: int = 0) -> CliServer:
-    """Start ``python -m modelence_trio app`` and wait for the URL it prints."""
+def start_cli(app: str = CHAT_APP, port: int = 0, *, mongodb_uri: str | None = None) -> CliServer:
+    """Start ``python -m modelence_trio app`` and wait for the URL it prints;
+    with ``mongodb_uri``, as one instance of several on that database."""
     command = [sys.executable, "-m", "modelence_trio", app, "--port", str(port), "--log-level", "warning"]
-    return start_server(command, r"serving on (http://\S+)")
+    return start_server(command, r"serving on (http://\S+)", env={"MONGODB_URI": mongodb_uri} if mongodb_uri else {})
 
 
 def start_hypercorn(app: str = CHAT_APP, *options: str) -> CliServer:
@@ -57,11 +58,15 @@ def start_hypercorn(app: str = CHAT_APP, *options: str) -> CliServer:
     return start_server(command, r"Running on (http://\S+)", read_stderr=True)
 
 
-def start_server(command: list[str], pattern: str, *, read_stderr: bool = False, timeout: float = 20) -> CliServer:
+def start_server(
+    command: list[str], pattern: str, *, read_stderr: bool = False, timeout: float = 20, env: Mapping[str, str] = {}
+) -> CliServer:
     """Start a server process and wait for the line that tells its URL."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("MONGODB_URI", None)  # a single instance unless a test says otherwise
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    environment.pop("MONGODB_URI", None)  # a single instance unless a test says otherwise
+    environment.update(env)
+    pipe = subprocess.PIPE
+    process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=pipe, stderr=pipe, text=True)
     output = process.stderr if read_stderr else process.stdout
     assert output is not None
     seen = ""

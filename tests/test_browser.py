@@ -62,6 +62,25 @@ def say(page: Page, text: str) -> None:
     expect(page.locator("#text")).to_have_value("")  # the mutation succeeded
 
 
+def test_pages_see_who_is_online_appear_and_disappear(browser: Browser, server: CliServer) -> None:
+    ann = open_chat(browser, server, "ann")
+    expect(ann.locator("#online li")).to_have_text(["ann"])
+    bob = open_chat(browser, server, "bob")
+    for page in (ann, bob):
+        expect(page.locator("#online li")).to_have_text(["ann", "bob"])
+        expect(page.locator("#online-title")).to_have_text("Online (2)")
+    alice = open_chat(browser, server, "alice", room="random")  # another room: not listed in the lobby
+    expect(alice.locator("#online li")).to_have_text(["alice"])
+    alice.click("#rooms button[data-room=lobby]")
+    expect(ann.locator("#online li")).to_have_text(["ann", "bob", "alice"])
+    expect(ann.locator("#online li.staff")).to_have_text(["alice"])  # the server's meta, not the page's
+    bob.context.close()  # the window closes: bob leaves
+    expect(ann.locator("#online li")).to_have_text(["ann", "alice"])
+    expect(alice.locator("#online-title")).to_have_text("Online (2)")
+    alice.click("#rooms button[data-room=random]")
+    expect(ann.locator("#online li")).to_have_text(["ann"])
+
+
 def test_pages_in_a_room_see_each_other_and_other_rooms_do_not(browser: Browser, server: CliServer) -> None:
     ann = open_chat(browser, server, "ann")
     bob = open_chat(browser, server, "bob")

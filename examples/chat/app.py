@@ -1,5 +1,6 @@
 """The chat example: rooms, a name, messages through a validated mutation,
-and a staff-only room guarded by access control.
+a staff-only room guarded by access control, and who is online in each room
+(presence: the same on every instance).
 
 Run it with ``.venv/bin/modelence-trio examples.chat.app:app`` (or
 ``hypercorn --worker-class trio examples.chat.app:app``) and open
@@ -21,6 +22,7 @@ from modelence_trio import (
     MethodContext,
     MethodError,
     Module,
+    Presence,
     ServerChannel,
 )
 
@@ -35,7 +37,13 @@ def can_access(ctx: ChannelContext) -> bool:
     return ctx.channel_id != "staff" or "staff" in ctx.roles
 
 
-chat: ServerChannel[dict[str, Any]] = ServerChannel("chat", can_access=can_access)
+def member(ctx: ChannelContext) -> dict[str, Any]:
+    """What the others see of a member: decided here, never by the page."""
+    assert ctx.user is not None  # anonymous visitors read, but are not members
+    return {"handle": ctx.user.handle, "staff": "staff" in ctx.roles}
+
+
+chat: ServerChannel[dict[str, Any]] = ServerChannel("chat", can_access=can_access, presence=Presence(meta=member))
 
 
 def send_message(args: dict[str, Any], ctx: MethodContext) -> dict[str, Any]:

@@ -16,9 +16,26 @@ function show(message) {
   item.scrollIntoView({ block: "end" });
 }
 
-const chat = new ClientChannel("chat", (message, { id }) => {
-  if (id === room) show(message);
-});
+function showOnline({ count, members }) {
+  $("online-title").textContent = `Online (${count})`;
+  $("online").replaceChildren(
+    ...(members ?? []).map(({ meta, connections }) => {
+      const item = document.createElement("li");
+      item.textContent = meta?.handle ?? "?";
+      if (meta?.staff) item.className = "staff";
+      if (connections > 1) item.title = `${connections} windows`;
+      return item;
+    }),
+  );
+}
+
+const chat = new ClientChannel(
+  "chat",
+  (message, { id }) => {
+    if (id === room) show(message);
+  },
+  { onPresence: (presence, { id }) => id === room && showOnline(presence) },
+);
 
 startWebsockets({
   channels: [chat],
@@ -35,6 +52,7 @@ startWebsockets({
 async function enter(next) {
   if (next !== room) chat.leaveChannel(room).catch(() => {});
   room = next;
+  showOnline({ count: 0, members: [] });
   $("messages").replaceChildren();
   $("notice").textContent = "";
   $("room-title").textContent = `#${room}`;
