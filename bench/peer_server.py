@@ -30,7 +30,7 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
-from modelence_trio import App, Hub, HubConfig, Module, MongoFanout, ServerChannel
+from modelence_trio import App, Hub, HubConfig, Module, MongoFanout, Presence, ServerChannel
 from modelence_trio._serve import serve_stream
 
 PAD = "x" * 56
@@ -39,6 +39,8 @@ HEADERS_END = b"\r\n\r\n"
 channels = {"chat": ServerChannel("chat"), "user": ServerChannel("user")}
 if "--no-history" in sys.argv:  # the channels as before recovery existed: no offsets kept
     channels = {name: ServerChannel(name, history=None) for name in channels}
+if "--presence" in sys.argv:  # every connection to chat:* is a member (bench/presence_storm.py)
+    channels["chat"] = ServerChannel("chat", presence=Presence(anonymous=True))
 
 
 class ReplayStream(trio.abc.Stream):
@@ -182,8 +184,8 @@ async def main(
         await handle(hub, stream)
 
     async with trio.open_nursery() as nursery:
-        if fanout is not None:
-            await nursery.start(hub.run)  # ready once the fan-out is; runs its writer and poller
+        if fanout is not None or "--presence" in sys.argv:
+            await nursery.start(hub.run)  # ready once the fan-out is; runs its writer and poller, presence
         await trio.serve_listeners(handler, listeners)
 
 
@@ -226,6 +228,7 @@ if __name__ == "__main__":
     parser.add_argument("--poll-interval", type=float, default=0.05, help="fan-out poll interval, seconds")
     parser.add_argument("--ttl", type=float, default=60, help="fan-out TTL of stored broadcasts, seconds")
     parser.add_argument("--ttl-index", action="store_true", help="expire them with MongoDB's TTL index")
+    parser.add_argument("--presence", action="store_true", help="chat:* channels have presence (anonymous members)")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
         if args.transport == "hypercorn":

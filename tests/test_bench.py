@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 from modelence_trio import History
@@ -17,3 +20,17 @@ def test_broadcast_cost_runs_and_delivers_every_broadcast() -> None:
     # measure() asserts that each of its broadcasts reached its subscriber.
     for history in (History(), None):
         assert module.measure(history, channels=10, rounds=2, reps=1) > 0
+
+
+def test_the_presence_storm_runs() -> None:
+    # A small storm through the real script: every watcher's count completes.
+    bench = Path(__file__).parent.parent / "bench"
+    result = subprocess.run(
+        [sys.executable, str(bench / "presence_storm.py"), "--watchers", "3", "--joins", "50"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["joins"] == 50 and report["diff frames per watcher (mean, max)"][1] >= 1

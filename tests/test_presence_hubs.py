@@ -4,10 +4,13 @@ partition and heal)."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -332,3 +335,53 @@ async def test_the_python_client_keeps_the_members(autojump_clock: trio.abc.Cloc
         with pytest.raises(RequestFailed, match="presence_not_enabled"):
             await ann.fetch_presence("plain:1")
         assert ann.presence("plain:1") == PresenceSnapshot("plain:1")  # nothing known
+
+
+def _worked_example() -> list[tuple[str, str, dict[str, Any]]]:
+    """protocol.md's presence example as (who, "C" or "S", frame) lines."""
+    text = (Path(__file__).resolve().parent.parent / "protocol.md").read_text()
+    block = text.split("Worked example (`ann` and `bob`", 1)[1].split("```\n", 1)[1].split("```", 1)[0]
+    lines = []
+    for line in block.splitlines():
+        found = re.fullmatch(r"([CS])\(([a-z, ]+)\): (\{.*\})", line)
+        if found:
+            lines.append((found[2], found[1], json.loads(found[3])))
+    return lines
+
+
+async def test_the_worked_example_in_protocol_md_is_what_the_server_sends(autojump_clock: trio.abc.Clock) -> None:
+    auth = MemoryAuthenticator()
+    auth.add("ann", User("u1", "ann"))
+    auth.add("bob", User("u2", "bob"))
+    lines = _worked_example()
+    sent = [(who, frame) for who, side, frame in lines if side == "C"]
+    join = {"type": "join", "channel": "room:1", "ref": 1}
+    assert sent == [("ann", join), ("bob", join), ("ann", {"type": "presence", "channel": "room:1", "ref": 2})]
+    got: dict[str, list[dict[str, Any]]] = {"ann": [], "bob": []}
+
+    async def read(name: str, ws: trio_websocket.WebSocketConnection) -> None:
+        with contextlib.suppress(trio_websocket.ConnectionClosed):
+            while True:
+                got[name].append(json.loads(await ws.get_message()))
+
+    example = ServerChannel("room", history=None, presence=Presence(meta=handle))  # no offsets on joined
+    async with open_memory_server(Hub([example], authenticator=auth)) as server, trio.open_nursery() as nursery:
+        ann, bob = await dial(server, nursery, "ann"), await dial(server, nursery, "bob")
+        nursery.start_soon(read, "ann", ann)
+        nursery.start_soon(read, "bob", bob)
+        await send_json(ann, join)
+        await trio.sleep(0.2)
+        await send_json(bob, join)
+        await trio.sleep(0.2)
+        window = await dial(server, nursery, "bob")  # bob's second window
+        await send_json(window, join)
+        await trio.sleep(0.2)
+        await window.aclose()
+        await bob.aclose()
+        await trio.sleep(0.2)
+        await send_json(ann, {"type": "presence", "channel": "room:1", "ref": 2})
+        await trio.sleep(0.2)
+        for name in ("ann", "bob"):
+            expected = [frame for who, side, frame in lines if side == "S" and name in who.split(", ")]
+            assert got[name] == expected, name
+        nursery.cancel_scope.cancel()

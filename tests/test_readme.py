@@ -77,3 +77,19 @@ async def test_the_shared_mongodb_client_snippet(mongodb_uri: str, database_name
     await namespace["chat"].broadcast_stored("lobby", "stored through the shared client")
     stored = namespace["database"]["_modelenceSocketio"].find_one()
     assert stored is not None and stored["data"] == "stored through the shared client"
+
+
+async def test_the_presence_snippet(autojump_clock: trio.testing.MockClock) -> None:
+    namespace: dict[str, Any] = {}
+    exec(compile(readme_block("# presence"), "README.md", "exec"), namespace)
+    auth = MemoryAuthenticator()
+    auth.add("t1", User("u1", "ann"))
+    async with open_memory_server(Hub([namespace["room"]], authenticator=auth)) as server:
+        async with server.client(token="t1") as ann, server.client() as guest:
+            await ann.join("room:lobby")
+            await guest.join("room:lobby")  # sees, is not a member
+            with trio.fail_after(1):
+                while guest.presence("room:lobby").count < 1:
+                    await trio.sleep(0.01)
+            members = guest.presence("room:lobby").members
+            assert members is not None and [(m.key, m.meta) for m in members] == [("u1", {"handle": "ann"})]
