@@ -249,6 +249,8 @@ class PresenceBook:
         gone = [instance for instance, replica in self._replicas.items() if now - replica.seen > self.expiry]
         for instance in gone:
             self._drop(instance)
+        # Instances asked long ago: gone, or known again; either way no need to remember.
+        self._asked = {name: when for name, when in self._asked.items() if now - when <= self.expiry}
         return gone
 
     def receive(self, message: Any, now: float) -> None:
@@ -258,7 +260,7 @@ class PresenceBook:
         if not isinstance(message, dict):
             raise ValueError("a presence message must be an object")
         instance, kind = message.get("instance"), message.get("kind")
-        if kind not in _KINDS:
+        if not isinstance(kind, str) or kind not in _KINDS:
             raise ValueError(f"unknown presence message {kind!r}")
         if not isinstance(instance, str) or instance == self.instance:
             return  # one's own, read back
@@ -410,6 +412,7 @@ def _entries(message: dict[str, Any]) -> list[tuple[str, str, int, str]]:
         channel, key, connections, meta = entry
         if not (isinstance(channel, str) and isinstance(key, str) and isinstance(connections, int)):
             raise ValueError("a presence entry must be [channel, key, connections, meta]")
+        key.encode()  # sent to clients as UTF-8 (UnicodeEncodeError is a ValueError)
         if connections < 0 or (connections and not isinstance(meta, str)):
             raise ValueError("a presence entry's connections must be >= 0, with meta as JSON text")
         if connections:

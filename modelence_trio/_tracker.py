@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, NoReturn
 import trio
 
 from ._backend import FanoutOverflow
-from ._presence import PRESENCE_CHANNEL, Member, Presence, PresenceBook
+from ._presence import PRESENCE_CHANNEL, Diff, Member, Presence, PresenceBook
 from ._wire import Outgoing
 from .protocol import encode_data, presence_diff_frame, presence_state_frame
 
@@ -130,7 +130,7 @@ class Tracker:
         """A presence message of another instance, read from the fan-out."""
         try:
             self.book.receive(json.loads(body), trio.current_time())
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             logger.warning("presence: skipped a malformed message from the fan-out: %s", exc)
             return
         if self.book.dirty:
@@ -176,15 +176,22 @@ class Tracker:
             presence = self.options(diff.channel)
             if presence is None:
                 continue
-            if presence.counts_only:
-                frame = presence_diff_frame(diff.channel, diff.count, None, None)
-            else:
-                room = presence.max_members
-                joins, leaves = diff.joins[:room], diff.leaves[: max(0, room - len(diff.joins))]
-                truncated = len(joins) + len(leaves) < len(diff.joins) + len(diff.leaves)
-                frame = presence_diff_frame(diff.channel, diff.count, _encoded(joins), _encoded(leaves), truncated)
-            registry.deliver(diff.channel, Outgoing.from_text(frame))
+            try:
+                frame = Outgoing.from_text(self._diff_frame(diff, presence))
+            except (TypeError, ValueError):  # never: keys and metadata are checked when they come
+                logger.exception("presence: cannot encode the diff of %s; skipped", diff.channel)
+                continue
+            registry.deliver(diff.channel, frame)
         self._publish()
+
+    @staticmethod
+    def _diff_frame(diff: Diff, presence: Presence) -> str:
+        if presence.counts_only:
+            return presence_diff_frame(diff.channel, diff.count, None, None)
+        room = presence.max_members
+        joins, leaves = diff.joins[:room], diff.leaves[: max(0, room - len(diff.joins))]
+        truncated = len(joins) + len(leaves) < len(diff.joins) + len(diff.leaves)
+        return presence_diff_frame(diff.channel, diff.count, _encoded(joins), _encoded(leaves), truncated)
 
     def _publish(self) -> None:
         outgoing, self.book.outgoing = self.book.outgoing, []

@@ -304,6 +304,9 @@ async def test_presence_survives_a_bad_message_on_the_bus(autojump_clock: trio.a
         view = View(await join(watcher))
         fanout_a.bus.append("$presence", json.dumps({"instance": "x", "kind": "delta"}), "x", "x-1")
         fanout_a.bus.append("$presence", "[1", "x", "x-2")
+        fanout_a.bus.append("$presence", json.dumps({"instance": "x", "kind": []}), "x", "x-3")
+        bad_key = {"instance": "x", "kind": "state", "version": 0, "part": 0, "entries": [["room:1", "\ud800", 1, "1"]]}
+        fanout_a.bus.append("$presence", json.dumps(bad_key), "x", "x-4")
         await join(await dial(b, nursery, "bob"))
         await view.until(watcher, {"u-ann", "u-bob"}, within=2)
         nursery.cancel_scope.cancel()
