@@ -493,6 +493,23 @@ async def test_a_restored_older_epoch_is_renewed(mongodb_uri: str, database_name
         assert fanout_of(a).statistics().resets == fanout_of(b).statistics().resets == 1
 
 
+async def test_a_stopping_instance_stores_what_it_still_holds(mongodb_uri: str, database_name: str) -> None:
+    # A graceful stop right after a burst: what the writer had not stored yet
+    # is stored before the hub ends (within drain_timeout), not dropped.
+    async with instance(mongodb_uri, database_name) as (_, b), b.client() as reader:
+        await reader.join("chat:shared")
+        got: list[Any] = []
+        async with trio.open_nursery() as inner:
+            inner.start_soon(collect, reader, 300, got)
+            async with instance(mongodb_uri, database_name) as (chat_a, a):
+                for n in range(300):
+                    chat_a.broadcast("shared", n)
+                held = fanout_of(a).statistics().pending
+            assert fanout_of(a).statistics().pending == 0 and fanout_of(a).statistics().stored == 300
+        assert got == list(range(300))
+        assert held > 0  # the stop did come while broadcasts were held
+
+
 async def test_a_restarted_wire_server_loses_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # The README's recipe, as the outside run did it: an in-memory wire server
     # of its own, stopped and started again under two instances.
