@@ -26,15 +26,23 @@ from .proxy import Proxy
 
 @asynccontextmanager
 async def instance(uri: str, database: str, **options: Any) -> AsyncIterator[tuple[ServerChannel[Any], MemoryServer]]:
-    """One server instance: its own channel object, hub, MongoDB client and fan-out."""
+    """One server instance: its own channel object, hub, MongoDB client and fan-out.
+
+    The client is closed in a worker thread: closing sends ``endSessions``,
+    which through a proxy running in this event loop would block the loop
+    (and so the proxy) until the socket timeout."""
     chat: ServerChannel[Any] = ServerChannel("chat")
     options = {"poll_interval": 0.02, "retry_maximum": 0.5, **options}
-    with connect(uri) as client:
+    client = connect(uri)
+    try:
         fanout = MongoFanout(client[database], **options)
         async with open_memory_server(Hub([chat], fanout=fanout)) as server:
             # Ready: open_memory_server returned once the hub's run() had started.
             assert fanout.epoch is not None and fanout.statistics().last_seq >= 0
             yield chat, server
+    finally:
+        with trio.CancelScope(shield=True):  # closed even when the test is cancelled
+            await trio.to_thread.run_sync(client.close)
 
 
 def fanout_of(server: MemoryServer) -> MongoFanout:

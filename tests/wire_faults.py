@@ -131,7 +131,9 @@ class Fault:
     """A fault for the next ``times`` commands named ``command`` (on
     ``collection``, if given). ``fired`` counts those it did; ``done`` is set
     once it did them all. ``replaced`` holds the server's real replies that
-    ``apply_then_error`` hid from the client (proof the command ran)."""
+    ``apply_then_error`` hid from the client (proof the command ran).
+    ``document``: the reply to send instead of the failover error (say, an
+    ``insert`` whose ``writeErrors`` refuse one document)."""
 
     command: str
     kind: FaultKind = "error"
@@ -139,6 +141,7 @@ class Fault:
     times: int = attrs.field(default=1, kw_only=True)
     code: int = attrs.field(default=10107, kw_only=True)
     labels: tuple[str, ...] = attrs.field(default=(), kw_only=True)
+    document: dict[str, Any] | None = attrs.field(default=None, kw_only=True)
     taken: int = attrs.field(default=0, init=False)  # commands matched (fired, or awaiting their reply)
     fired: int = attrs.field(default=0, init=False)
     replaced: list[dict[str, Any]] = attrs.field(factory=list, init=False)
@@ -150,7 +153,9 @@ class Fault:
         return self.collection is None or message.collection == self.collection
 
     def reply(self, response_to: int) -> bytes:
-        """The OP_MSG a server in failover would answer with."""
+        """The OP_MSG a server in failover would answer with (or ``document``)."""
+        if self.document is not None:
+            return error_reply(response_to, self.document)
         name = CODE_NAMES.get(self.code, "UnknownError")
         document: dict[str, Any] = {"ok": 0.0, "errmsg": f"{name} (injected by the test proxy)", "code": self.code}
         document["codeName"] = name
