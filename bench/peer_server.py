@@ -28,6 +28,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import hypercorn.config
 import hypercorn.trio
+import pymongo
+import pymongo.monitoring
 import trio
 
 from modelence_trio import App, Hub, HubConfig, Module, MongoFanout, Presence, ServerChannel
@@ -101,6 +103,21 @@ def _rss_kib() -> int:
     return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
 
 
+class CommandCounter(pymongo.monitoring.CommandListener):
+    """Counts the commands the fan-out sends to the database (bench/cross_instance.py)."""
+
+    count = 0
+
+    def started(self, event: pymongo.monitoring.CommandStartedEvent) -> None:
+        CommandCounter.count += 1
+
+    def succeeded(self, event: pymongo.monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: pymongo.monitoring.CommandFailedEvent) -> None:
+        pass
+
+
 def stats(hub: Hub) -> dict[str, float]:
     """What the soak test watches for growth."""
     gc.collect()  # count what is alive, not garbage the tuned collector has not reached yet
@@ -120,6 +137,7 @@ def stats(hub: Hub) -> dict[str, float]:
         "tasks": count_tasks(root) if (root := trio.lowlevel.current_root_task()) else 0,
         "rss_mib": round(rss_kib / 1024, 1),
         "gc_objects": len(gc.get_objects()),
+        "db_commands": CommandCounter.count,
     }
 
 
@@ -173,8 +191,16 @@ async def main(
     ttl: float = 60,
     ttl_index: bool = False,
 ) -> None:
-    options = {"poll_interval": poll_interval, "ttl": ttl, "ttl_index": ttl_index}
-    fanout = MongoFanout.from_uri(mongodb_uri, **options) if mongodb_uri else None
+    fanout = None
+    if mongodb_uri:
+        client: pymongo.MongoClient[Any] = pymongo.MongoClient(
+            mongodb_uri,
+            event_listeners=[CommandCounter()],
+            serverSelectionTimeoutMS=2000,
+            connectTimeoutMS=2000,
+            socketTimeoutMS=10000,
+        )
+        fanout = MongoFanout(client, poll_interval=poll_interval, ttl=ttl, ttl_index=ttl_index)
     hub = Hub(channels.values(), config=BENCH_CONFIG, fanout=fanout)
     listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
     tune_gc(gc_mode)
