@@ -76,16 +76,22 @@ async def start_server(
     return urls[0].replace("http://", "ws://") + "/ws", app.hub
 
 
-async def expect_close(ws: trio_websocket.WebSocketConnection, code: int, timeout: float = 10) -> None:
-    """The server closes ``ws`` with ``code`` next (after any frames already read)."""
+async def expect_close(
+    ws: trio_websocket.WebSocketConnection, code: int, timeout: float = 10, *, after_presence: bool = False
+) -> None:
+    """The server closes ``ws`` with ``code`` next (after any frames already
+    read; ``after_presence``: and after any presence frames still to come)."""
     with trio.fail_after(timeout):
         try:
-            await ws.get_message()
+            while True:
+                message = await ws.get_message()
+                if not (after_presence and json.loads(message)["type"].startswith("presence_")):
+                    break
         except trio_websocket.ConnectionClosed as exc:
             assert exc.reason is not None
             assert exc.reason.code == code
         else:
-            raise AssertionError(f"expected close {code}")
+            raise AssertionError(f"expected close {code}, got {message!r}")
 
 
 class RawClient:

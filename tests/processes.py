@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import selectors
@@ -33,14 +34,17 @@ class CliServer:
         return int(self.url.rsplit(":", 1)[1])
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 15) -> tuple[int, str]:
-        """Signal the server and wait for it to exit; its exit code and stderr."""
+        """Signal the server and wait for it to exit; its exit code and stderr.
+        Past ``timeout``, its whole process group is killed (a worker process
+        of its own would keep the pipes open)."""
         if self.process.poll() is None:
             self.process.send_signal(signum)
         try:
             _, err = self.process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            _, err = self.process.communicate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            _, err = self.process.communicate(timeout=10)
             raise AssertionError(f"the server did not stop within {timeout} s:\n{err}") from None
         return self.process.returncode, err
 
@@ -66,7 +70,9 @@ def start_server(
     environment.pop("MONGODB_URI", None)  # a single instance unless a test says otherwise
     environment.update(env)
     pipe = subprocess.PIPE
-    process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=pipe, stderr=pipe, text=True)
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=environment, stdout=pipe, stderr=pipe, text=True, start_new_session=True
+    )
     output = process.stderr if read_stderr else process.stdout
     assert output is not None
     seen = ""
@@ -80,8 +86,9 @@ def start_server(
                 found = re.search(pattern, seen)
                 if found:
                     return CliServer(process, found.group(1))
-    process.kill()
-    _, err = process.communicate()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    _, err = process.communicate(timeout=10)
     raise AssertionError(f"the server did not start: {command}\n{seen}{err}")
 
 
@@ -92,5 +99,6 @@ def cli_server(app: str = CHAT_APP, port: int = 0) -> Iterator[CliServer]:
         yield server
     finally:
         if server.process.poll() is None:
-            server.process.kill()
-            server.process.communicate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.communicate(timeout=10)

@@ -90,7 +90,7 @@ def processes(uri: str, count: int) -> Iterator[list[CliServer]]:
         for server in servers:
             if server.process.poll() is None:
                 server.process.kill()
-            server.process.communicate()
+            server.process.communicate(timeout=10)
 
 
 async def _socket(server: CliServer, nursery: trio.Nursery, name: str) -> trio_websocket.WebSocketConnection:
