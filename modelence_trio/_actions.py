@@ -18,11 +18,13 @@ import trio
 from ._auth import Identity
 from ._channel import ChannelContext, PublishRejected, ServerChannel
 from ._connection import Connection
+from ._methods import Failed, MethodContext, MethodTable, run_method
 from ._router import Router
 from ._session import Answer, Close
 from ._tracker import Tracker
 from ._wire import Outgoing
 from .protocol import (
+    Call,
     CloseCode,
     ErrorCode,
     Join,
@@ -35,6 +37,7 @@ from .protocol import (
     PresenceQuery,
     Publish,
     Published,
+    result_frame,
 )
 from .protocol import Error as ErrorFrame
 
@@ -49,6 +52,8 @@ class Actions:
     def __init__(self, router: Router, tracker: Tracker) -> None:
         self.router = router
         self.tracker = tracker
+        #: The App's methods, for ``call`` frames (``None``: a bare hub has none).
+        self.methods: MethodTable | None = None
 
     async def handle(self, conn: Connection, message: str | bytes) -> None:
         """Act on one client message; a failure closes this connection (1011, logged once)."""
@@ -78,6 +83,8 @@ class Actions:
             conn.reply(Pong(frame.ref))
         elif isinstance(frame, PresenceQuery):
             self._presence(conn, frame)
+        elif isinstance(frame, Call):
+            await self._call(conn, frame)
 
     def _context(self, conn: Connection, channel: str) -> tuple[ServerChannel[Any] | None, ChannelContext]:
         # The codec has validated the name against this hub's limits already.
@@ -128,6 +135,29 @@ class Actions:
             conn.send(self.tracker.state(frame.channel, presence))
         for out in replay:
             conn.send(out)
+
+    async def _call(self, conn: Connection, frame: Call) -> None:
+        """A method called over the socket: the caller is the connection's
+        identity, the rate limit the App's, the outcome what HTTP would say."""
+        table = self.methods
+        method = table.methods.get(frame.method) if table is not None else None
+        if method is None:
+            conn.reply(ErrorFrame(ErrorCode.UNKNOWN_METHOD, f"no method named {frame.method!r}", frame.ref, 404))
+            return
+        assert table is not None
+        if table.rate_limit is not None:
+            user = conn.identity.user
+            wait = table.rate_limit.retry_after(f"user:{user.id}" if user is not None else f"connection:{conn.id}")
+            if wait is not None:
+                conn.reply(ErrorFrame(ErrorCode.RATE_LIMITED, f"too many calls; retry in {wait} s", frame.ref, 429))
+                return
+        outcome = await run_method(method, frame.method, frame.args, MethodContext(conn.identity, frame.method))
+        if conn.close_reason is not None:
+            return
+        if isinstance(outcome, Failed):
+            conn.reply(ErrorFrame(outcome.code, outcome.message, frame.ref, outcome.status))
+        else:
+            conn.send(Outgoing.from_text(result_frame(outcome, frame.ref)))
 
     def _presence(self, conn: Connection, frame: PresenceQuery) -> None:
         presence = self.tracker.options(frame.channel)

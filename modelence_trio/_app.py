@@ -25,7 +25,7 @@ from ._channel import ServerChannel
 from ._config import HubConfig
 from ._fanout import MongoFanout
 from ._hub import Hub
-from ._methods import HttpResponse, Method, MethodRateLimit, call_method
+from ._methods import HttpResponse, Method, MethodRateLimit, MethodTable, call_method, typed_method
 
 if TYPE_CHECKING:
     from ._fanout import MongoTarget
@@ -133,7 +133,7 @@ class App:
                     )
                 channels[channel.category] = module.name
             for name, method in (*module.mutations.items(), *module.queries.items()):
-                self._methods[f"{module.name}.{name}"] = method
+                self._methods[f"{module.name}.{name}"] = typed_method(method)
         if not websocket_path.startswith("/"):
             raise ValueError(f"websocket_path must start with '/': {websocket_path!r}")
         if mongodb is not None:
@@ -149,6 +149,7 @@ class App:
         self.max_request_size = max_request_size
         self.request_timeout = request_timeout
         self._rate_limit = MethodRateLimit(methods_per_second) if methods_per_second is not None else None
+        self.hub.methods = MethodTable(self._methods, self._rate_limit)  # ``call`` over the socket too
 
     @property
     def methods(self) -> tuple[str, ...]:

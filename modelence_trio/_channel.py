@@ -15,6 +15,7 @@ from ._auth import Identity, IdentityView
 from ._backend import Receipt
 from ._history import History
 from ._presence import Presence
+from ._typed import InvalidData, structure, unstructure
 from .protocol import ProtocolError, split_channel, validate_category
 from .protocol._names import valid_channel_id
 
@@ -81,6 +82,14 @@ class ServerChannel(Generic[T]):
             ``since``); ``None`` keeps none.
         presence: who is in each channel of this category, shared by every
             instance (:class:`Presence`; docs/presence.md); ``None``: none.
+        payload: an attrs class: ``broadcast`` takes its instances (sent as
+            JSON objects through cattrs), and client publishes are checked
+            against it before ``on_message`` gets them as instances (a bad one
+            is answered with ``error`` ``invalid_data`` naming the fields).
+            ``None``: any JSON. mypy checks ``broadcast`` against it::
+
+                chat = ServerChannel("chat", payload=ChatMessage)
+                chat.broadcast("lobby", ChatMessage(author="ann", text="hi"))
 
     A channel delivers through every :class:`Hub` built with it (normally one).
     """
@@ -93,10 +102,12 @@ class ServerChannel(Generic[T]):
         *,
         history: History | None = History(),
         presence: Presence | None = None,
+        payload: type[T] | None = None,
     ) -> None:
         self.category = validate_category(category)
         self.history = history
         self.presence = presence
+        self.payload = payload
         self.can_access = can_access
         self.on_message = on_message
         # Weak, so a Hub that is gone stops receiving; a tuple, because
@@ -128,6 +139,7 @@ class ServerChannel(Generic[T]):
         if not trio.lowlevel.in_trio_run() and self._broadcast_from_thread(channel_id, data):
             return
         name = self._name(channel_id)
+        data = self._to_wire(data)
         delivered = False
         for ref in self._hubs:
             hub = ref()
@@ -154,6 +166,7 @@ class ServerChannel(Generic[T]):
                 cannot hold), or the hub stopped first. Logged and counted too.
         """
         name = self._name(channel_id)
+        data = self._to_wire(data)
         receipts = []
         for ref in self._hubs:
             hub = ref()
@@ -165,6 +178,15 @@ class ServerChannel(Generic[T]):
             raise RuntimeError(f"{self!r} is not part of any Hub; build a Hub with it first")
         for receipt in receipts:
             await receipt.wait()
+
+    def _to_wire(self, data: T) -> Any:
+        """What a broadcast sends: the data itself, or a payload instance as JSON data."""
+        payload = self.payload
+        if payload is None:
+            return data
+        if not isinstance(data, payload):
+            raise TypeError(f"{self!r} broadcasts {payload.__name__} instances, not {type(data).__name__}")
+        return unstructure(data)
 
     def _name(self, channel_id: str) -> str:
         name = f"{self.category}:{channel_id}"
@@ -205,6 +227,11 @@ class ServerChannel(Generic[T]):
 
     async def _handle(self, ctx: ChannelContext, data: Any) -> None:
         assert self.on_message is not None
+        if self.payload is not None:
+            try:
+                data = structure(data, self.payload)
+            except InvalidData as exc:
+                raise PublishRejected(str(exc), code="invalid_data") from None
         result = self.on_message(ctx, ctx.channel_id, data)
         if inspect.isawaitable(result):
             await result

@@ -72,7 +72,36 @@ async def serve(app: App, host: str, port: int) -> None:
                 print(f"modelence-trio: serving on {url} (WebSocket: {ws})", flush=True)
 
 
+def typescript_main(argv: Sequence[str]) -> None:
+    """``modelence-trio typescript module:app``: the app's types for the browser client."""
+    from ._typescript import CLIENT_MODULE, typescript
+
+    parser = argparse.ArgumentParser(
+        prog="modelence-trio typescript",
+        description="Write the TypeScript declarations of an App's channel payloads and methods "
+        "(attrs classes) for the browser client's types (modelence.d.ts).",
+    )
+    parser.add_argument("app", help="import path of the App, as module:attribute")
+    parser.add_argument("-o", "--output", help="file to write (default: standard output)")
+    parser.add_argument(
+        "--client-module", default=CLIENT_MODULE, help="the module specifier pages import the client from"
+    )
+    args = parser.parse_args(argv)
+    text = typescript(
+        load_app(args.app), command=f"modelence-trio typescript {args.app}", client_module=args.client_module
+    )
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as file:
+            file.write(text)
+    else:
+        sys.stdout.write(text)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["typescript"]:
+        typescript_main(argv[1:])
+        return
     parser = argparse.ArgumentParser(prog="modelence-trio", description="Serve a modelence-trio App with hypercorn.")
     parser.add_argument("app", help="import path of the App, as module:attribute (default attribute: app)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")

@@ -15,8 +15,10 @@ from typing_extensions import TypeVar
 
 from ._channel import MAX_ID_LENGTH_CEILING
 from ._client_state import ClientSession, Delivery, Notice, PresenceSnapshot, PresenceUpdate, Rejoined, Reply
+from ._typed import unstructure
 from ._util import Backoff, background_nursery
 from .protocol import (
+    Call,
     ClientFrame,
     Error,
     ErrorCode,
@@ -29,6 +31,7 @@ from .protocol import (
     PresenceQuery,
     ProtocolError,
     Publish,
+    Result,
     ServerFrame,
     Welcome,
     encode,
@@ -47,6 +50,7 @@ __all__ = [
     "ConnectionLost",
     "Dialer",
     "JoinRefused",
+    "MethodFailed",
     "PresenceSnapshot",
     "RequestFailed",
     "open_client",
@@ -83,12 +87,23 @@ class ConnectionLost(ClientError):
 
 
 class RequestFailed(ClientError):
-    """The server answered a request with an ``error`` frame."""
+    """The server answered a request with an ``error`` frame (``status``: the
+    HTTP status it gave, on the answer to a method call)."""
 
-    def __init__(self, code: str, error: str) -> None:
+    def __init__(self, code: str, error: str, status: int | None = None) -> None:
         super().__init__(f"{code}: {error}")
         self.code = code
         self.error = error
+        self.status = status
+
+
+class MethodFailed(RequestFailed):
+    """A method call failed: ``code`` and ``error`` as the server said, and
+    ``status``, the HTTP status the same failure has over HTTP."""
+
+    def __init__(self, method: str, code: str, error: str, status: int | None) -> None:
+        super().__init__(code, error, status)
+        self.method = method
 
 
 class JoinRefused(RequestFailed):
@@ -265,6 +280,25 @@ class Client:
         """
         _check_name(channel)
         await self._request(lambda ref: Publish(channel, data, ref), retry=False)
+
+    async def call(self, method: str, args: Any = None) -> Any:
+        """Call the App's method ``module.method`` over this connection, as
+        the signed-in user; returns its result (the HTTP endpoint's ``data``).
+        ``args``: a JSON object, or an attrs instance (sent as one).
+
+        Raises:
+            MethodFailed: the method refused or failed (``code``, ``status``:
+                ``invalid_arguments`` 400, ``unknown_method`` 404, ...).
+            ConnectionLost: the connection dropped before the answer (the
+                method may or may not have run; it is not called again).
+        """
+        payload = {} if args is None else unstructure(args)
+        try:
+            reply = await self._request(lambda ref: Call(method, payload, ref), retry=False)
+        except RequestFailed as exc:
+            raise MethodFailed(method, exc.code, exc.error, exc.status) from None
+        assert isinstance(reply, Result), reply
+        return reply.data
 
     async def ping(self) -> float:
         """An application-level round trip; returns the seconds it took."""
@@ -485,7 +519,7 @@ class Client:
                     continue
                 raise ConnectionLost("the connection dropped before the server replied")
             if isinstance(reply, Error):
-                raise RequestFailed(reply.code, reply.error)
+                raise RequestFailed(reply.code, reply.error, reply.status)
             return reply
 
     async def _aclose(self) -> None:

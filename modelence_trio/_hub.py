@@ -28,6 +28,7 @@ from ._backend import FanoutBackend, Receipt
 from ._channel import ServerChannel
 from ._config import HubConfig, session_limits
 from ._connection import Connection
+from ._methods import MethodTable
 from ._resources import connection_limit, quiet_accept_errors
 from ._router import Router
 from ._session import Session
@@ -124,6 +125,15 @@ class Hub:
         if self._router.fanout is not None:
             raise RuntimeError("this hub has a fan-out backend already")
         self._router.fanout = fanout
+
+    @property
+    def methods(self) -> MethodTable | None:
+        """The methods clients may ``call`` over the socket (an App sets its own)."""
+        return self._actions.methods
+
+    @methods.setter
+    def methods(self, methods: MethodTable | None) -> None:
+        self._actions.methods = methods
 
     @property
     def channels(self) -> Sequence[ServerChannel[Any]]:

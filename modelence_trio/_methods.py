@@ -14,18 +14,32 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
 from ._auth import Identity, IdentityView
-from ._hub import Hub
 from ._origins import check_origin
 from ._session import TokenBucket
+from ._typed import InvalidData, args_type, structure, unstructure
 from .protocol import HandshakeRejected, loads_utf8, token_from_cookie
 
-__all__ = ["HttpResponse", "Method", "MethodContext", "MethodError", "MethodRateLimit", "call_method"]
+if TYPE_CHECKING:
+    from ._hub import Hub
+
+__all__ = [
+    "Failed",
+    "HttpResponse",
+    "Method",
+    "MethodContext",
+    "MethodError",
+    "MethodRateLimit",
+    "MethodTable",
+    "call_method",
+    "run_method",
+    "typed_method",
+]
 
 logger = logging.getLogger("modelence_trio")
 
@@ -42,8 +56,12 @@ class MethodContext(IdentityView):
     client_info: Any = None
 
 
-#: ``def method(args, ctx)``, plain or ``async``; returns JSON-serialisable data.
-Method = Callable[[dict[str, Any], MethodContext], Any]
+#: ``def method(args, ctx)``, plain or ``async``; returns JSON-serialisable data
+#: (or attrs instances). ``args`` may be annotated with an attrs class: see ``typed_method``.
+Method = Callable[[Any, MethodContext], Any]
+
+#: The keys of a method call's body; anything else is a mistake worth a 400.
+BODY_KEYS = frozenset({"args", "authToken", "clientInfo"})
 
 
 class MethodError(Exception):
@@ -64,6 +82,62 @@ class MethodError(Exception):
         self.message = message
         self.status = status
         self.code = code
+
+
+def typed_method(method: Method) -> Method:
+    """``method`` itself, or, when its ``args`` parameter is annotated with an
+    attrs class, a method that structures and checks the arguments first: a
+    call whose arguments do not fit gets 400 ``invalid_arguments`` naming
+    each field (``room: required field missing``), never the 500 of a
+    ``KeyError`` in the method."""
+    cls = args_type(method)
+    if cls is None:
+        return method
+
+    def checked(args: Any, ctx: MethodContext) -> Any:
+        try:
+            typed: Any = structure(args, cls)
+        except InvalidData as exc:
+            raise MethodError(f"invalid arguments: {exc}", code="invalid_arguments") from None
+        return method(typed, ctx)
+
+    return checked
+
+
+@attrs.frozen
+class Failed:
+    """A call that failed: the HTTP status, the error code and the message."""
+
+    status: int
+    code: str
+    message: str
+
+
+async def run_method(method: Method, name: str, args: Any, ctx: MethodContext) -> str | Failed:
+    """Run one call, over HTTP or the socket alike: the result as JSON text,
+    or how it failed (``MethodError``: its status, code and message; any
+    other exception: 500 ``internal_error``, logged here, never shown)."""
+    try:
+        result = method(args, ctx)
+        if inspect.isawaitable(result):
+            result = await result
+        text = json.dumps(unstructure(result), ensure_ascii=False, allow_nan=False)
+        text.encode()  # a lone surrogate cannot be sent: the method's bug, a 500 like any other
+        return text
+    except MethodError as exc:
+        return Failed(exc.status, exc.code, exc.message)
+    except Exception:
+        logger.exception("method %s failed", name)
+        return Failed(500, "internal_error", "internal error")
+
+
+@attrs.define
+class MethodTable:
+    """An App's methods by name, and the per-caller rate limit they share:
+    what the HTTP endpoint and the socket's ``call`` frame both use."""
+
+    methods: dict[str, Method]
+    rate_limit: MethodRateLimit | None = None
 
 
 @attrs.frozen
@@ -163,6 +237,13 @@ async def call_method(
         return _failure(400, "invalid_request", "the request body is not valid JSON (or not valid Unicode)")
     if not isinstance(request, dict):
         return _failure(400, "invalid_request", "the request body must be a JSON object")
+    unknown = sorted(set(request) - BODY_KEYS)
+    if unknown:
+        shown = ", ".join(repr(key[:40]) for key in unknown[:5])
+        why = f'the body is {{"args": {{...}}, "authToken": ..., "clientInfo": ...}}; unknown keys: {shown}'
+        if "args" not in request:
+            why += " (arguments go inside 'args')"
+        return _failure(400, "invalid_request", why)
     args = request.get("args", {})
     body_token = request.get("authToken")
     if not isinstance(args, dict):
@@ -184,15 +265,7 @@ async def call_method(
         if wait is not None:
             response = _failure(429, "rate_limited", f"too many calls; retry in {wait} s")
             return attrs.evolve(response, headers=(*response.headers, (b"retry-after", str(wait).encode())))
-    ctx = MethodContext(identity, name, request.get("clientInfo"))
-    try:
-        result = method(args, ctx)
-        if inspect.isawaitable(result):
-            result = await result
-        data = json.dumps({"data": result}, ensure_ascii=False, allow_nan=False).encode()
-    except MethodError as exc:
-        return _failure(exc.status, exc.code, exc.message)
-    except Exception:
-        logger.exception("method %s failed", name)
-        return _failure(500, "internal_error", "internal error")
-    return HttpResponse(200, data, ((b"content-type", b"application/json"),))
+    outcome = await run_method(method, name, args, MethodContext(identity, name, request.get("clientInfo")))
+    if isinstance(outcome, Failed):
+        return _failure(outcome.status, outcome.code, outcome.message)
+    return HttpResponse(200, f'{{"data":{outcome}}}'.encode(), ((b"content-type", b"application/json"),))

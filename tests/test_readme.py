@@ -9,7 +9,17 @@ import pytest
 import trio
 import trio.testing
 
-from modelence_trio import App, Hub, JoinRefused, MemoryAuthenticator, MongoFanout, ServerChannel, User, open_client
+from modelence_trio import (
+    App,
+    Hub,
+    JoinRefused,
+    MemoryAuthenticator,
+    MongoFanout,
+    RequestFailed,
+    ServerChannel,
+    User,
+    open_client,
+)
 from modelence_trio.testing import open_memory_server
 
 from .test_app import http
@@ -55,6 +65,14 @@ async def test_app_quickstart(nursery: trio.Nursery) -> None:
         assert (await inbox.receive()).data == {"text": "hi", "from": None}
         bad = await http(f"{urls[0]}/api/_internal/method/chat.sendMessage", {"args": {"room": "lobby", "text": ""}})
         assert (bad.status, bad.headers["x-modelence-error-code"]) == (400, "invalid_arguments")
+        # The curl lines of the Methods section: a missing room is a 400 naming it, not a 500.
+        bad = await http(f"{urls[0]}/api/_internal/method/chat.sendMessage", {"args": {"text": 5}})
+        assert (bad.status, bad.body.decode()) == (
+            400,
+            "invalid arguments: room: required field missing; text: expected str",
+        )
+        assert await client.call("chat.sendMessage", {"room": "lobby", "text": "over the socket"}) == {"ok": True}
+        assert (await inbox.receive()).data == {"text": "over the socket", "from": "ann"}
 
 
 async def test_the_multi_instance_testing_snippet(autojump_clock: trio.testing.MockClock) -> None:
@@ -93,3 +111,18 @@ async def test_the_presence_snippet(autojump_clock: trio.testing.MockClock) -> N
                     await trio.sleep(0.01)
             members = guest.presence("room:lobby").members
             assert members is not None and [(m.key, m.meta) for m in members] == [("u1", {"handle": "ann"})]
+
+
+async def test_the_typed_channel_snippet(autojump_clock: trio.testing.MockClock) -> None:
+    namespace: dict[str, Any] = {}
+    exec(compile(readme_block("# typed channel"), "README.md", "exec"), namespace)
+    rooms, message_class = namespace["rooms"], namespace["ChatMessage"]
+    async with open_memory_server(Hub([rooms])) as server, server.client() as guest:
+        inbox = guest.messages()
+        await guest.join("rooms:lobby")
+        await guest.publish("rooms:lobby", {"author": "anyone", "text": "hi"})
+        assert (await inbox.receive()).data == {"author": "guest", "text": "hi"}
+        with pytest.raises(RequestFailed, match="invalid_data: text: expected str"):
+            await guest.publish("rooms:lobby", {"author": "x", "text": 5})
+        rooms.broadcast("lobby", message_class(author="server", text="typed"))
+        assert (await inbox.receive()).data == {"author": "server", "text": "typed"}

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from modelence_trio import (
     App,
     ChannelContext,
@@ -37,29 +39,45 @@ def can_access(ctx: ChannelContext) -> bool:
     return ctx.channel_id != "staff" or "staff" in ctx.roles
 
 
+@attrs.frozen
+class ChatMessage:
+    """What the room gets (``modelence-trio typescript examples.chat.app:app`` types it for pages)."""
+
+    author: str
+    text: str
+    at: float
+
+
+@attrs.frozen
+class SendMessage:
+    """The arguments of ``chat.sendMessage``: checked before it runs (400 naming the field)."""
+
+    room: str
+    text: str
+
+
 def member(ctx: ChannelContext) -> dict[str, Any]:
     """What the others see of a member: decided here, never by the page."""
     assert ctx.user is not None  # anonymous visitors read, but are not members
     return {"handle": ctx.user.handle, "staff": "staff" in ctx.roles}
 
 
-chat: ServerChannel[dict[str, Any]] = ServerChannel("chat", can_access=can_access, presence=Presence(meta=member))
+chat = ServerChannel("chat", can_access=can_access, presence=Presence(meta=member), payload=ChatMessage)
 
 
-def send_message(args: dict[str, Any], ctx: MethodContext) -> dict[str, Any]:
-    room, text = args.get("room"), args.get("text")
-    if not isinstance(room, str) or not 1 <= len(room) <= 64:
-        raise MethodError("'room' must be a string of 1 to 64 characters")
-    if not isinstance(text, str) or not text.strip():
-        raise MethodError("'text' must be a non-empty string")
-    if len(text) > MAX_TEXT:
+def send_message(args: SendMessage, ctx: MethodContext) -> ChatMessage:
+    if not 1 <= len(args.room) <= 64:
+        raise MethodError("'room' must be 1 to 64 characters")
+    if not args.text.strip():
+        raise MethodError("'text' must not be empty")
+    if len(args.text) > MAX_TEXT:
         raise MethodError(f"'text' may be at most {MAX_TEXT} characters")
     if ctx.user is None:
         raise MethodError("sign in to post", status=401, code="sign_in_required")
-    if room == "staff" and "staff" not in ctx.roles:
+    if args.room == "staff" and "staff" not in ctx.roles:
         raise MethodError("only staff may post in the staff room", status=403, code="access_denied")
-    message = {"author": ctx.user.handle, "text": text.strip(), "at": time.time()}
-    chat.broadcast(room, message)
+    message = ChatMessage(ctx.user.handle, args.text.strip(), time.time())
+    chat.broadcast(args.room, message)
     return message
 
 

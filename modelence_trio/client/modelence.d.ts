@@ -1,5 +1,22 @@
 // Types for modelence.js, the modelence-trio browser client (protocol v1, see protocol.md).
 
+/**
+ * The app's channel categories and their payload types: empty here, filled in by the file
+ * `modelence-trio typescript module:app` writes (module augmentation). Once filled, only
+ * those categories are accepted.
+ */
+export interface Channels {}
+
+/** The app's methods, `"module.method": { args; result }`: filled in the same way. */
+export interface Methods {}
+
+/** A category the app serves (any string until `Channels` is filled in). */
+export type ChannelCategory = [keyof Channels] extends [never] ? string : keyof Channels & string;
+/** A method the app has (any string until `Methods` is filled in). */
+export type MethodName = [keyof Methods] extends [never] ? string : keyof Methods & string;
+export type MethodArgs<N> = N extends keyof Methods ? (Methods[N] extends { args: infer A } ? A : never) : Record<string, unknown>;
+export type MethodResult<N> = N extends keyof Methods ? (Methods[N] extends { result: infer R } ? R : never) : unknown;
+
 export type ConnectionStatus = "connecting" | "open" | "reconnecting" | "closed";
 
 /** Where a message came from: the full channel name and its id part. */
@@ -52,7 +69,7 @@ export class ClientChannel<T = unknown> {
   onMessage: (data: T, source: MessageSource) => void;
   onJoinError?: (error: JoinError) => void;
   onPresence?: (presence: Presence, source: MessageSource) => void;
-  constructor(category: string, onMessage: (data: T, source: MessageSource) => void, options?: ClientChannelOptions);
+  constructor(category: ChannelCategory, onMessage: (data: T, source: MessageSource) => void, options?: ClientChannelOptions);
   /** Join `${category}:${id}`; resolves once joined, rejects with JoinError if refused.
    * Re-joined automatically after every reconnect until left. */
   joinChannel(id: string): Promise<void>;
@@ -102,5 +119,9 @@ export function startWebsockets(options?: WebsocketsOptions): Websockets;
 export function stopWebsockets(): void;
 /** Set (or clear) the session token used by the WebSocket and callMethod. */
 export function setAuthToken(token: string | null | undefined): void;
-/** Call `module.method`; resolves with the method's data, rejects with MethodError. */
-export function callMethod<R = unknown>(name: string, args?: Record<string, unknown>): Promise<R>;
+/** Call `module.method`; resolves with the method's data, rejects with MethodError. With the
+ * app's types (`modelence-trio typescript`), the name, the arguments and the result are checked. */
+export function callMethod<N extends MethodName>(
+  name: N,
+  ...args: {} extends MethodArgs<N> ? [args?: MethodArgs<N>] : [args: MethodArgs<N>]
+): Promise<MethodResult<N>>;

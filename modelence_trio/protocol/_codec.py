@@ -15,6 +15,7 @@ import attrs
 
 from ._errors import ErrorCode, ProtocolError
 from ._frames import (
+    Call,
     ClientFrame,
     Error,
     Join,
@@ -33,6 +34,7 @@ from ._frames import (
     Publish,
     Published,
     Ref,
+    Result,
     ServerFrame,
     Since,
     Welcome,
@@ -52,6 +54,7 @@ __all__ = [
     "parse_server_frame",
     "presence_diff_frame",
     "presence_state_frame",
+    "result_frame",
 ]
 
 _MAX_SAFE_INT = 2**53  # the largest integer every JavaScript client reads exactly
@@ -135,6 +138,12 @@ def _members(members: Iterable[EncodedMember]) -> str:
     )
 
 
+def result_frame(data: str, ref: Ref) -> str:
+    """A ``result`` frame around a method's result already encoded as JSON text."""
+    text = '{"type":"result","data":' + data
+    return text + ("}" if ref is None else ',"ref":' + _dumps(ref) + "}")
+
+
 def presence_state_frame(
     channel: str, count: int, members: Iterable[EncodedMember] | None, truncated: bool = False, ref: Ref = None
 ) -> str:
@@ -197,6 +206,8 @@ def encode(frame: ClientFrame | ServerFrame) -> str:
             obj["offset"], obj["epoch"] = frame.offset, frame.epoch
     elif isinstance(frame, Left) and frame.reason is not None:
         obj["reason"] = frame.reason
+    elif isinstance(frame, Error) and frame.status is not None:
+        obj["status"] = frame.status
     ref = getattr(frame, "ref", None)
     if ref is not None:
         obj["ref"] = ref
@@ -212,6 +223,8 @@ _ENCODERS: dict[type, tuple[str, tuple[str, ...]]] = {
     Publish: ("message", ("channel", "data")),
     Ping: ("ping", ()),
     PresenceQuery: ("presence", ("channel",)),
+    Call: ("call", ("method", "args")),
+    Result: ("result", ("data",)),
     Welcome: ("welcome", ("protocol", "connection", "user", "roles")),
     Joined: ("joined", ("channel",)),
     Left: ("left", ("channel",)),
@@ -372,12 +385,27 @@ def _parse_presence(obj: Mapping[str, Any], ref: Ref, limits: Limits) -> ClientF
     return PresenceQuery(_channel(obj, ref, limits), ref)
 
 
+#: ``module.method``: the names an App's methods have (at most 200 characters).
+_METHOD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*\.[A-Za-z][A-Za-z0-9_\-]*")
+
+
+def _parse_call(obj: Mapping[str, Any], ref: Ref, limits: Limits) -> ClientFrame:
+    method = _string(obj, "method", ref)
+    if len(method) > 200 or not _METHOD_NAME.fullmatch(method):
+        raise ProtocolError(ErrorCode.INVALID_FIELD, "'method' must be a name like 'module.method'", ref=ref)
+    args = obj.get("args", {})
+    if not isinstance(args, dict):
+        raise ProtocolError(ErrorCode.INVALID_FIELD, "'args' must be a JSON object", ref=ref)
+    return Call(method, args, ref)
+
+
 _CLIENT_PARSERS: dict[str, Callable[[Mapping[str, Any], Ref, Limits], ClientFrame]] = {
     "join": _parse_join,
     "leave": _parse_leave,
     "message": _parse_publish,
     "ping": _parse_ping,
     "presence": _parse_presence,
+    "call": _parse_call,
 }
 
 
@@ -488,7 +516,11 @@ def parse_server_frame(text: str | bytes) -> ServerFrame:
         if kind == "published":
             return Published(_string(obj, "channel", ref), ref)
         if kind == "error":
-            return Error(_string(obj, "code", ref), _string(obj, "error", ref), ref)
+            status = obj.get("status")
+            status = status if isinstance(status, int) and not isinstance(status, bool) else None
+            return Error(_string(obj, "code", ref), _string(obj, "error", ref), ref, status)
+        if kind == "result":
+            return Result(obj.get("data"), ref)
         if kind == "presence_state":
             channel, count, members = _string(obj, "channel", ref), _count(obj), _member_list(obj, "members")
             return PresenceState(channel, count, members, obj.get("truncated") is True, ref)

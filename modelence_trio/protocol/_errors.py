@@ -30,6 +30,8 @@ class ErrorCode(enum.StrEnum):
     TOO_MANY_CHANNELS = "too_many_channels"
     RATE_LIMITED = "rate_limited"
     PRESENCE_NOT_ENABLED = "presence_not_enabled"
+    INVALID_DATA = "invalid_data"
+    UNKNOWN_METHOD = "unknown_method"
 
 
 class CloseCode(enum.IntEnum):

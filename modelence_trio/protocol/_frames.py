@@ -14,6 +14,7 @@ import attrs
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "Call",
     "ClientFrame",
     "Error",
     "Join",
@@ -32,6 +33,7 @@ __all__ = [
     "Publish",
     "Published",
     "Ref",
+    "Result",
     "ServerFrame",
     "Welcome",
 ]
@@ -92,7 +94,16 @@ class PresenceQuery:
     ref: Ref = None
 
 
-ClientFrame: TypeAlias = "Join | Leave | Publish | Ping | PresenceQuery"
+@attrs.frozen
+class Call:
+    """Call a method (``module.method``) over the socket, as the HTTP endpoint does."""
+
+    method: str
+    args: JsonValue
+    ref: Ref = None
+
+
+ClientFrame: TypeAlias = "Join | Leave | Publish | Ping | PresenceQuery | Call"
 
 
 # --- server to client ---------------------------------------------------------
@@ -166,6 +177,16 @@ class Error:
     code: str
     error: str
     ref: Ref = None
+    #: The HTTP status the same failure has over HTTP, on the answer to a ``call``.
+    status: int | None = None
+
+
+@attrs.frozen
+class Result:
+    """A method's answer to a ``call``: what the HTTP endpoint sends as ``{"data": ...}``."""
+
+    data: JsonValue
+    ref: Ref = None
 
 
 @attrs.frozen
@@ -206,5 +227,5 @@ class PresenceDiff:
 
 
 ServerFrame: TypeAlias = (
-    "Welcome | Joined | Left | JoinError | Message | Published | Pong | Error | PresenceState | PresenceDiff"
+    "Welcome | Joined | Left | JoinError | Message | Published | Pong | Error | PresenceState | PresenceDiff | Result"
 )
