@@ -20,6 +20,7 @@ def test_broadcast_cost_runs_and_delivers_every_broadcast() -> None:
     # measure() asserts that each of its broadcasts reached its subscriber.
     for history in (History(), None):
         assert module.measure(history, channels=10, rounds=2, reps=1) > 0
+    assert module.measure(History(), channels=10, rounds=2, reps=1, typed=True) > 0
 
 
 def test_the_presence_storm_runs() -> None:
