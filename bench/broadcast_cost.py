@@ -3,8 +3,8 @@
 ``chat.broadcast`` to one of 1,000 channels with one subscriber each (a stand-in
 that only counts what it is handed), with the channel's history on and off,
 and on a typed channel (``payload=Delivery``, an attrs class turned into JSON
-by cattrs) beside the untyped one with the same data; prints the best of 7 repetitions of 20,000 broadcasts, in microseconds per
-broadcast. Compare two commits with ``PYTHONPATH=<worktree> python
+by cattrs) beside the untyped one with the same data; prints the best of 7
+repetitions of 20,000 broadcasts, in microseconds per broadcast. Compare two commits with ``PYTHONPATH=<worktree> python
 bench/broadcast_cost.py``; the machine is shared and noisy, so compare within
 one sitting. It reaches into the hub's registry (an internal) to subscribe
 the stand-ins: a benchmark, not an example.

@@ -11,7 +11,7 @@ and calls these two functions; see docs/architecture.md.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Protocol
 
@@ -95,7 +95,20 @@ async def serve_request(hub: Hub, request: ConnectionRequest, served: ServedConn
                         served.nurseries.discard(nursery)
                 nursery.cancel_scope.cancel()
     except HandshakeRejected as exc:
+        if exc.status == 401 and _from_browser(request.headers):
+            # A page cannot read a refused handshake's status, only a close
+            # frame's code and reason: it learns of its bad token so, instead
+            # of reconnecting for ever (protocol.md, Authentication).
+            transport = await request.accept()
+            with trio.move_on_after(hub.config.close_timeout):
+                await transport.close(CloseCode.SESSION_ENDED, exc.reason)
+            return
         await request.reject(exc.status, exc.reason)
+
+
+def _from_browser(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Browsers send ``Origin`` with every WebSocket handshake; other clients need not."""
+    return any(name.lower() == b"origin" for name, _ in headers)
 
 
 class ServedConnections:

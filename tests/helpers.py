@@ -107,11 +107,16 @@ class RawClient:
         self.accepted: Any = None  # the AcceptConnection event
         self.texts: list[str] = []
         self.closes: list[int] = []
+        self.close_reasons: list[str | None] = []
+        self.rejected: Any = None  # the RejectConnection event (an HTTP answer instead of 101)
         self.eof = False
         self._parts: list[str] = []
 
     @classmethod
-    async def connect(cls, url: str, extensions: Sequence[Any] = ()) -> RawClient:
+    async def connect(
+        cls, url: str, extensions: Sequence[Any] = (), *, headers: Sequence[tuple[str, str]] = (), welcome: bool = True
+    ) -> RawClient:
+        """Open the handshake; with ``welcome``, read until the first frame."""
         from urllib.parse import urlsplit
 
         from wsproto.events import Request
@@ -119,9 +124,12 @@ class RawClient:
         parts = urlsplit(url)
         assert parts.hostname is not None and parts.port is not None
         client = cls(await trio.open_tcp_stream(parts.hostname, parts.port), extensions)
-        request = Request(host=parts.netloc, target=parts.path, extensions=client.extensions)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        extra = [(name.encode(), value.encode()) for name, value in headers]
+        request = Request(host=parts.netloc, target=target, extensions=client.extensions, extra_headers=extra)
         await client.stream.send_all(client.ws.send(request))
-        await client.read_until(lambda: client.texts)  # the welcome
+        if welcome:
+            await client.read_until(lambda: client.texts)  # the welcome
         return client
 
     async def send_text(self, text: str) -> None:
@@ -131,7 +139,7 @@ class RawClient:
 
     async def read_until(self, done: Any, timeout: float = 15) -> None:
         """Read and parse until ``done()`` or EOF; a close frame is answered."""
-        from wsproto.events import AcceptConnection, CloseConnection, Ping, TextMessage
+        from wsproto.events import AcceptConnection, CloseConnection, Ping, RejectConnection, RejectData, TextMessage
 
         with trio.fail_after(timeout):
             while not done() and not self.eof:
@@ -148,7 +156,12 @@ class RawClient:
                             self._parts.clear()
                     elif isinstance(event, CloseConnection):
                         self.closes.append(event.code)
+                        self.close_reasons.append(event.reason)
                         await self.stream.send_all(self.ws.send(event.response()))
+                    elif isinstance(event, RejectConnection):
+                        self.rejected = event
+                    elif isinstance(event, RejectData):
+                        pass
                     elif isinstance(event, AcceptConnection):
                         self.accepted = event
                     elif isinstance(event, Ping):

@@ -290,3 +290,77 @@ def _run_vector_in_page(page: Page, vector: dict[str, Any], welcome: dict[str, A
             page.wait_for_timeout(200)
             assert page.evaluate("() => __sockets.at(-1).sent.length") == read, f"{name}: the client sent more"
     assert page.evaluate("() => __records.length") == seen, name
+
+
+def test_a_refused_token_stops_the_reconnects_until_a_new_one_comes(browser: Browser) -> None:
+    with cli_server("tests.auth_app:app") as server:
+        page = browser.new_context().new_page()
+        page.set_default_timeout(TIMEOUT)
+        page.goto(f"{server.url}/_modelence/modelence.d.ts")  # a page of the server's origin
+        outcome = page.evaluate(
+            """async () => {
+                // Every step is bounded: a client that never settles fails here, not in pytest's timeout.
+                const within = (promise, what) => Promise.race([
+                    promise, new Promise((_, reject) => setTimeout(() => reject(new Error(`timeout: ${what}`)), 10000)),
+                ]);
+                const sockets = [];
+                const Real = WebSocket;
+                window.WebSocket = class extends Real { constructor(url) { super(url); sockets.push(String(url)); } };
+                const m = await import("/_modelence/modelence.js");
+                const events = [];
+                let token = "nope";
+                const chat = new m.ClientChannel("chat", () => {});
+                m.startWebsockets({
+                    channels: [chat], getToken: () => token, backoff: { initial: 50, maximum: 50 },
+                    onStatusChange: (status) => events.push(status),
+                    onAuthError: (error) => events.push(`${error.name}:${error.code}:${error.message}`),
+                });
+                const join = chat.joinChannel("lobby").then(() => "joined", (e) => `${e.name}:${e.code}`);
+                const refused = await within(join, "refusal");
+                await new Promise((resolve) => setTimeout(resolve, 1000));  // 20 backoffs' worth: no retry
+                const attemptsWhileRefused = sockets.length;
+                token = "good";
+                m.setAuthToken(null);  // the app says: try again (getToken has the new token)
+                await within(chat.joinChannel("lobby"), "join with a good token");
+                // The session ends while connected (signed out elsewhere): 4001.
+                const before = events.length;
+                await m.callMethod("test.endSession", { token: "good" });
+                const ended = new Promise((resolve) => {
+                    const watcher = setInterval(() => {
+                        if (events.length > before + 1) { clearInterval(watcher); resolve(); }
+                    }, 20);
+                });
+                await within(ended, "the end of the session");
+                token = "fresh";
+                m.setAuthToken(null);
+                await within(chat.joinChannel("lobby"), "join with a fresh token");
+                return { events, refused, attemptsWhileRefused, sockets };
+            }"""
+        )
+        assert outcome["refused"] == "AuthError:invalid_token"
+        assert outcome["attemptsWhileRefused"] == 1  # no reconnect loop with a refused token
+        assert outcome["events"] == [
+            "connecting",
+            "unauthorized",
+            "AuthError:invalid_token:invalid or expired token",
+            "connecting",
+            "open",
+            "unauthorized",
+            "AuthError:session_ended:session expired or revoked, or user disabled",
+            "connecting",
+            "open",
+        ]
+        assert [url.rsplit("token=", 1)[1] for url in outcome["sockets"]] == ["nope", "good", "fresh"]
+
+
+def test_call_method_says_when_the_server_is_unreachable(browser: Browser, server: CliServer) -> None:
+    page = open_chat(browser, server, "ann")
+    server.stop()
+    outcome = page.evaluate(
+        """async () => {
+            const { callMethod } = await import("/_modelence/modelence.js");
+            try { await callMethod("chat.rooms"); return "resolved"; }
+            catch (error) { return [error.name, error.code, error.status]; }
+        }"""
+    )
+    assert outcome == ["MethodError", "unreachable", 0]

@@ -14,7 +14,7 @@ import trio_websocket
 from modelence_trio import App, HubConfig, Identity, MemoryAuthenticator, MethodContext, Module, ServerChannel, User
 from modelence_trio._origins import origin_allowed, validate_origins
 
-from .helpers import TRANSPORTS, receive_json, start_server
+from .helpers import ALL_PATHS, TRANSPORTS, RawClient, receive_json, start_server
 from .test_app import http
 
 # --- the origin policy, sans-IO -----------------------------------------------------
@@ -80,6 +80,23 @@ async def test_cross_site_handshakes_are_refused(nursery: trio.Nursery, transpor
     assert await _handshake(url, nursery, [cookie, ("Origin", "null")]) == 403
     assert await _handshake(url, nursery, [cookie, ("Origin", own)]) == 101
     assert await _handshake(url, nursery, [cookie]) == 101  # not a browser: no Origin
+
+
+@pytest.mark.parametrize("transport", ALL_PATHS)
+async def test_a_browser_learns_of_a_refused_token_from_a_close_frame(nursery: trio.Nursery, transport: str) -> None:
+    # A page cannot read a refused handshake's HTTP status: with an Origin (a
+    # browser) a bad token is accepted and closed at once with 4001 and the
+    # reason, before any other frame; without one, it is still HTTP 401.
+    url, hub = await start_server(nursery, transport, [ServerChannel("chat")], authenticator=_auth())
+    own = url.replace("ws://", "http://").removesuffix("/ws")
+    page = await RawClient.connect(url + "?token=nope", headers=[("Origin", own)], welcome=False)
+    await page.read_until(lambda: page.closes or page.eof)
+    assert page.accepted is not None and page.texts == []
+    assert (page.closes, page.close_reasons) == ([4001], ["invalid or expired token"])
+    program = await RawClient.connect(url + "?token=nope", welcome=False)
+    await program.read_until(lambda: program.rejected is not None or program.eof)
+    assert program.rejected is not None and program.rejected.status_code == 401 and program.closes == []
+    assert hub.statistics().connections == 0
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

@@ -17,7 +17,8 @@ export type MethodName = [keyof Methods] extends [never] ? string : keyof Method
 export type MethodArgs<N> = N extends keyof Methods ? (Methods[N] extends { args: infer A } ? A : never) : Record<string, unknown>;
 export type MethodResult<N> = N extends keyof Methods ? (Methods[N] extends { result: infer R } ? R : never) : unknown;
 
-export type ConnectionStatus = "connecting" | "open" | "reconnecting" | "closed";
+/** "unauthorized": the server refused the token; the client waits for `setAuthToken`. */
+export type ConnectionStatus = "connecting" | "open" | "reconnecting" | "unauthorized" | "closed";
 
 /** Where a message came from: the full channel name and its id part. */
 export interface MessageSource {
@@ -25,11 +26,19 @@ export interface MessageSource {
   id: string;
 }
 
-/** A call to a method failed: `status` is the HTTP status, `code` the X-Modelence-Error-Code header. */
+/** A call to a method failed: `status` is the HTTP status, `code` the X-Modelence-Error-Code header
+ * (`status` 0 and `code` "unreachable" when the server could not be reached at all). */
 export class MethodError extends Error {
   readonly status: number;
   readonly code: string | null;
   constructor(message: string, status: number, code: string | null);
+}
+
+/** The server refused the session token: `code` is "invalid_token" (at connect) or "session_ended"
+ * (while connected). Pending joins reject with it; the client reconnects once `setAuthToken` is called. */
+export class AuthError extends Error {
+  readonly code: "invalid_token" | "session_ended";
+  constructor(code: "invalid_token" | "session_ended", message: string);
 }
 
 /** The server refused a join; `code` is one of protocol.md's error codes (e.g. "access_denied"). */
@@ -99,6 +108,10 @@ export interface WebsocketsOptions {
   url?: string;
   /** Session token, sent as the `token` query parameter (and by callMethod). */
   token?: string | null;
+  /** Called before every (re)connect and method call for the token to use (refresh it here). */
+  getToken?: () => string | null | undefined | Promise<string | null | undefined>;
+  /** The server refused the token; the client waits for `setAuthToken` before connecting again. */
+  onAuthError?: (error: AuthError) => void;
   onJoinError?: (error: JoinError) => void;
   onStatusChange?: (status: ConnectionStatus) => void;
   /** After a reconnect, the messages missed on this channel could not be recovered: reload its state. */

@@ -26,6 +26,16 @@ export class MethodError extends Error {
   }
 }
 
+/** The server refused the session token (`code`: "invalid_token" at connect, "session_ended"
+ * when the session ended while connected). The client waits for a new token (setAuthToken). */
+export class AuthError extends Error {
+  constructor(code, message) {
+    super(message);
+    this.name = "AuthError";
+    this.code = code;
+  }
+}
+
 /** The server refused to join a channel (`code`: access_denied, unknown_channel, ...). */
 export class JoinError extends Error {
   constructor(channel, code, message) {
@@ -36,12 +46,19 @@ export class JoinError extends Error {
   }
 }
 
-const settings = { token: undefined, baseUrl: "" };
+const settings = { token: undefined, getToken: undefined, baseUrl: "" };
 let connection = null;
 
-/** Set (or clear, with null) the session token used by the WebSocket and by callMethod. */
+/** Set (or clear, with null) the session token used by the WebSocket and by callMethod. After
+ * the server refused the previous one (status "unauthorized"), the client connects again with it. */
 export function setAuthToken(token) {
   settings.token = token ?? undefined;
+  connection?.tokenChanged();
+}
+
+/** The token to use now: the app's getToken hook (called on every connect and call), else the one set. */
+async function currentToken() {
+  return settings.getToken ? ((await settings.getToken()) ?? undefined) : settings.token;
 }
 
 export class ClientChannel {
@@ -99,8 +116,12 @@ export class ClientChannel {
  * @param options.channels the ClientChannel objects whose messages to receive
  * @param options.url WebSocket URL (default: ws(s)://<this host>/ws)
  * @param options.token session token (default: none; setAuthToken also sets it)
+ * @param options.getToken async () => token, called before every (re)connect and method call,
+ *   so an app can refresh tokens; takes precedence over options.token
+ * @param options.onAuthError called with an AuthError when the server refuses the token, at
+ *   connect ("invalid_token") or later ("session_ended"); the client then waits for setAuthToken
  * @param options.onJoinError called for every refused join
- * @param options.onStatusChange called with "connecting" | "open" | "reconnecting" | "closed"
+ * @param options.onStatusChange called with "connecting" | "open" | "reconnecting" | "unauthorized" | "closed"
  * @param options.onRecoveryFailed called with a channel name when, after a reconnect, the messages
  *   missed on it could not be recovered (reload that channel's state)
  * @param options.backoff { initial, factor, maximum } in milliseconds, for reconnects
@@ -110,7 +131,8 @@ export function startWebsockets(options = {}) {
     console.warn("modelence-trio: startWebsockets was called again; the connection already exists");
     return connection;
   }
-  if (options.token !== undefined) setAuthToken(options.token);
+  if (options.token !== undefined) settings.token = options.token ?? undefined;
+  settings.getToken = options.getToken;
   connection = new Connection(options);
   connection.open();
   return connection;
@@ -124,13 +146,19 @@ export function stopWebsockets() {
   }
 }
 
-/** Call a method `module.method` over HTTP; resolves with its data, rejects with MethodError. */
+/** Call a method `module.method` over HTTP; resolves with its data, rejects with MethodError
+ * (`code` "unreachable" and `status` 0 when the server cannot be reached at all). */
 export async function callMethod(name, args = {}) {
-  const response = await fetch(`${settings.baseUrl}/api/_internal/method/${name}`, {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ args, authToken: settings.token ?? null, clientInfo: clientInfo() }),
-  });
+  let response;
+  try {
+    response = await fetch(`${settings.baseUrl}/api/_internal/method/${name}`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ args, authToken: (await currentToken()) ?? null, clientInfo: clientInfo() }),
+    });
+  } catch (error) {
+    throw new MethodError(`the server is unreachable (${error.message})`, 0, "unreachable");
+  }
   if (!response.ok) {
     const text = await response.text();
     throw new MethodError(text || response.statusText, response.status, response.headers.get("X-Modelence-Error-Code"));
@@ -164,6 +192,7 @@ class Connection {
     this.url = options.url ?? defaultUrl();
     this.categories = new Map((options.channels ?? []).map((c) => [c.category, c]));
     this.onJoinError = options.onJoinError;
+    this.onAuthError = options.onAuthError;
     this.onStatusChange = options.onStatusChange;
     this.onRecoveryFailed = options.onRecoveryFailed;
     this.positions = new Map(); // channel name -> { offset, epoch }: the last message seen
@@ -173,6 +202,7 @@ class Connection {
     this.joined = new Map(); // channel name -> ClientChannel: what to (re-)join
     this.members = new Map(); // channel name -> { count, truncated, keyed: Map | null }: presence
     this.pending = new Map(); // ref -> { resolve, reject }
+    this.waitingForToken = null; // the AuthError of a refused token, until setAuthToken
     this.nextRef = 1;
     this.ws = null;
     this.ready = false; // welcome received on the current socket
@@ -189,19 +219,35 @@ class Connection {
     }
   }
 
-  open() {
-    if (this.stopped) return;
+  async open() {
+    if (this.stopped || this.ws) return;
     this.setStatus(this.attempt === 0 ? "connecting" : "reconnecting");
     const url = new URL(this.url, typeof location === "undefined" ? undefined : location.href);
-    if (settings.token) url.searchParams.set("token", settings.token);
-    const ws = new WebSocket(url);
+    const ws = { placeholder: true }; // holds the place while the token is fetched
     this.ws = ws;
-    ws.onmessage = (event) => this.receive(event.data);
-    ws.onclose = () => this.lost(ws);
+    let token;
+    try {
+      token = await currentToken();
+    } catch (error) {
+      console.warn("modelence-trio: getToken failed", error);
+      this.ws = null;
+      this.retry();
+      return;
+    }
+    if (this.ws !== ws || this.stopped) {
+      if (this.ws === ws) this.ws = null;
+      return; // closed meanwhile
+    }
+    if (token) url.searchParams.set("token", token);
+    const socket = new WebSocket(url);
+    this.ws = socket;
+    socket.onmessage = (event) => this.receive(event.data);
+    socket.onclose = (event) => this.lost(socket, event);
   }
 
-  lost(ws) {
+  lost(ws, event) {
     if (ws !== this.ws) return;
+    const wasReady = this.ready;
     this.ws = null;
     this.ready = false;
     this.clearTimers();
@@ -211,6 +257,33 @@ class Connection {
       this.setStatus("closed");
       return;
     }
+    if (event?.code === 4001) {
+      // The token was refused (protocol.md: a browser learns it from this close code):
+      // reconnecting with it would be refused again, so wait for setAuthToken.
+      this.unauthorized(new AuthError(wasReady ? "session_ended" : "invalid_token", event.reason || "unauthorized"));
+      return;
+    }
+    this.retry();
+  }
+
+  unauthorized(error) {
+    this.waitingForToken = error;
+    this.attempt = 0;
+    this.setStatus("unauthorized");
+    for (const name of [...(this.waiting?.keys() ?? [])]) this.settle(name, error);
+    if (this.onAuthError) this.onAuthError(error);
+    else console.warn("modelence-trio: the server refused the token", error);
+  }
+
+  tokenChanged() {
+    if (this.waitingForToken && !this.stopped) {
+      this.waitingForToken = null;
+      this.open();
+    }
+  }
+
+  retry() {
+    if (this.stopped) return;
     this.setStatus("reconnecting");
     const { initial, factor, maximum } = this.backoff;
     const delay = Math.min(maximum, initial * factor ** this.attempt) * (0.5 + Math.random() / 2);
@@ -221,7 +294,7 @@ class Connection {
   close() {
     this.stopped = true;
     this.clearTimers();
-    this.ws?.close(1000, "client closed");
+    this.ws?.close?.(1000, "client closed");
   }
 
   later(fn, ms) {
@@ -242,6 +315,7 @@ class Connection {
     this.ws.send(JSON.stringify(frame));
   }
 
+
   request(frame) {
     const ref = this.nextRef++;
     return new Promise((resolve, reject) => {
@@ -250,9 +324,12 @@ class Connection {
     });
   }
 
+  // A join made while the token is refused rejects at once with that AuthError; like the
+  // channels joined before, it is joined once a new token connects (setAuthToken).
   join(channel, name) {
     this.categories.set(channel.category, this.categories.get(channel.category) ?? channel);
     this.joined.set(name, channel);
+    if (this.waitingForToken) return Promise.reject(this.waitingForToken);
     const settled = this.waitFor(name);
     if (this.ready) this.sendJoin(name);
     return settled;

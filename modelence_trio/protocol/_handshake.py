@@ -17,8 +17,10 @@ __all__ = ["HandshakeRejected", "token_from_cookie", "token_from_request"]
 class HandshakeRejected(Exception):
     """The handshake must be refused with an HTTP status and a short body.
 
-    Transports turn it into a real HTTP response (never accept-then-close), so
-    a client learns why before any WebSocket frame is exchanged.
+    Transports turn it into a real HTTP response, so a client learns why
+    before any WebSocket frame is exchanged; except a 401 for a browser
+    (``_connect.serve_request``), which cannot read that status: it gets an
+    accepted socket closed at once with 4001 and the reason.
     """
 
     def __init__(self, status: int, reason: str) -> None:
