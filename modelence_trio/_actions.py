@@ -124,6 +124,8 @@ class Actions:
                 recovered, replay = await router.recover(frame.channel, frame.since, history)
                 if conn.close_reason is not None:
                     return
+            elif frame.last and history is not None:
+                replay = router.histories.tail(frame.channel, frame.last, history, trio.current_time())
             # No await from here to the replies: nothing falls between them.
             registry.subscribe(conn, frame.channel)
             if key is not None:

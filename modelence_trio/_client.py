@@ -230,6 +230,7 @@ class Client:
         ) = None
         self._closed: BaseException | None = None
         self._peer_silent = False
+        self._close_code: int | None = None  # the server's close code of the connection that just ended
         self.welcome: Welcome | None = None
         #: How many times the connection was (re-)established.
         self.connections = 0
@@ -249,15 +250,17 @@ class Client:
         """Wait until a connection is up (returns at once if it is)."""
         await self._current_ws()
 
-    async def join(self, channel: str) -> None:
-        """Join ``channel``; idempotent.
+    async def join(self, channel: str, *, last: int | None = None) -> None:
+        """Join ``channel``; idempotent. ``last``: also get the channel's last
+        messages (at most that many, as far as the server's history holds),
+        before live ones: a room's recent history on entering it.
 
         Raises:
             JoinRefused: carrying the server's ``code`` (``access_denied``, ...).
             ValueError: ``channel`` is not a valid ``category:id`` name.
         """
         _check_name(channel)
-        reply = await self._request(lambda ref: Join(channel, ref), retry=True)
+        reply = await self._request(lambda ref: Join(channel, ref, last=last), retry=True)
         if isinstance(reply, JoinError):
             raise JoinRefused(channel, reply.code, reply.error)
         self._book.joined_now(channel, reply)
@@ -385,6 +388,8 @@ class Client:
         self._connected.set()
 
     async def _disconnected(self) -> None:
+        # What the next re-join's answer means depends on how this connection ended.
+        self._book.closed_cleanly, self._close_code = self._close_code == 1001, None
         ws, self._ws = self._ws, None
         if self._connected.is_set():
             self._connected = trio.Event()
@@ -447,7 +452,8 @@ class Client:
         while True:
             try:
                 text = await ws.get_message()
-            except trio_websocket.ConnectionClosed:
+            except trio_websocket.ConnectionClosed as exc:
+                self._close_code = exc.reason.code if exc.reason is not None else None
                 return
             incoming = self._protocol.receive(text)
             if isinstance(incoming, Delivery):

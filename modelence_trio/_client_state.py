@@ -179,12 +179,14 @@ class Rejoined(enum.Enum):
 class ChannelBook:
     """The channels a client has joined and the last position seen on each."""
 
-    __slots__ = ("_joined", "_positions", "_presence")
+    __slots__ = ("_joined", "_positions", "_presence", "closed_cleanly")
 
     def __init__(self) -> None:
         self._joined: set[str] = set()
         self._positions: dict[str, Since] = {}
         self._presence: dict[str, _Members] = {}
+        #: The last connection ended with 1001: the server stopped gracefully, after sending everything.
+        self.closed_cleanly = False
 
     @property
     def joined(self) -> frozenset[str]:
@@ -254,8 +256,14 @@ class ChannelBook:
             return Rejoined.OK
         if reply.recovered is not True:
             self._remember(channel, reply.offset, reply.epoch)
-            return Rejoined.GAP
+            return Rejoined.OK if self._nothing_missed(join.since, reply) else Rejoined.GAP
         return Rejoined.OK
+
+    def _nothing_missed(self, since: Since, reply: Joined) -> bool:
+        """The old offsets cannot be recovered, but nothing was missed: the
+        server that closed us with 1001 had sent everything first, and the one
+        we came back to is a new one (another epoch) that has sent nothing yet."""
+        return self.closed_cleanly and reply.epoch not in (None, since.epoch) and reply.offset == 0
 
     def _remember(self, channel: str, offset: int | None, epoch: str | None) -> None:
         if offset is not None and epoch is not None:

@@ -93,6 +93,15 @@ class HistoryBook:
             return False, []
         return True, [Outgoing.from_text(text) for offset, _, text in kept.entries if offset > since.offset]
 
+    def tail(self, channel: str, count: int, history: History, now: float) -> list[Outgoing]:
+        """The last ``count`` messages of ``channel`` still held, oldest first."""
+        kept = self._channels.get(channel)
+        if kept is None or count <= 0:
+            return []
+        self._expire(kept, now - history.max_age)
+        entries = list(kept.entries)[-count:]
+        return [Outgoing.from_text(text) for _, _, text in entries]
+
     @property
     def last(self) -> int:
         """The last offset handed out: where live delivery starts for a join now."""

@@ -265,12 +265,17 @@ def _run_vector_in_page(page: Page, vector: dict[str, Any], welcome: dict[str, A
                 welcome,
             )
         elif "do" in step:
-            call = {"join": "joinChannel(id)", "leave": "leaveChannel(id)", "publish": "publishToChannel(id, data)"}
+            call = {
+                "join": "joinChannel(id, data)",
+                "leave": "leaveChannel(id)",
+                "publish": "publishToChannel(id, data)",
+            }
             settled = json.dumps(step["do"] == "publish")
             script = f"""([id, data]) => {{ __chat.{call[step["do"]]}.then(
                 () => {settled} && __records.push(["settled", "publish", "chat:" + id, null]),
                 () => {{}}); }}"""
-            page.evaluate(script, [step["channel"].removeprefix("chat:"), step.get("data")])
+            data = {"last": step["last"]} if step["do"] == "join" and "last" in step else step.get("data")
+            page.evaluate(script, [step["channel"].removeprefix("chat:"), data])
         elif "expect" in step:
             page.wait_for_function("n => __sockets.at(-1).sent.length > n", arg=read)
             frame = json.loads(page.evaluate("n => __sockets.at(-1).sent[n]", read))
@@ -285,7 +290,8 @@ def _run_vector_in_page(page: Page, vector: dict[str, Any], welcome: dict[str, A
             assert page.evaluate("n => __records[n]", seen) == step["callback"], name
             seen += 1
         elif "drop" in step:
-            page.evaluate("() => { const s = __sockets.at(-1); s.readyState = 3; s.onclose({ code: 1011 }); }")
+            code = 1011 if step["drop"] is True else step["drop"]
+            page.evaluate("c => { const s = __sockets.at(-1); s.readyState = 3; s.onclose({ code: c }); }", code)
         elif "quiet" in step:
             page.wait_for_timeout(200)
             assert page.evaluate("() => __sockets.at(-1).sent.length") == read, f"{name}: the client sent more"

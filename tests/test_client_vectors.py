@@ -89,7 +89,7 @@ async def test_the_python_client_passes(vector: dict[str, Any]) -> None:
         async def act(step: dict[str, Any]) -> None:
             client = holder[0]
             if step["do"] == "join":
-                await client.join(step["channel"])
+                await client.join(step["channel"], last=step.get("last"))
             elif step["do"] == "leave":
                 await client.leave(step["channel"])
             elif step["do"] == "publish":
@@ -127,7 +127,7 @@ async def test_the_python_client_passes(vector: dict[str, Any]) -> None:
                 assert records[seen] == step["callback"]
                 seen += 1
             elif "drop" in step:
-                await ws.aclose(1011)
+                await ws.aclose(1011 if step["drop"] is True else step["drop"])
                 with trio.fail_after(5):
                     while holder[0].connected:
                         await trio.sleep(0.001)

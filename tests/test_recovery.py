@@ -185,3 +185,37 @@ async def test_histories_of_quiet_channels_are_forgotten(autojump_clock: trio.te
         assert len(hub._router.histories) == 100
         await trio.sleep(61)
         assert len(hub._router.histories) == 0
+
+
+async def test_a_join_may_ask_for_the_last_messages(autojump_clock: trio.testing.MockClock) -> None:
+    chat, hub = chat_hub(History(size=4))
+    async with open_memory_server(hub) as server, trio.open_nursery() as nursery:
+        for n in range(6):
+            chat.broadcast("room", n)
+        ws = await server.dial(nursery)
+        await receive_json(ws)
+        joined = await request(ws, {"type": "join", "channel": "chat:room", "last": 3, "ref": 1})
+        assert joined["type"] == "joined"
+        replay = [await receive_json(ws) for _ in range(3)]
+        assert [m["data"] for m in replay] == [3, 4, 5]  # the last three, oldest first, then live
+        assert replay[-1]["offset"] == joined["offset"]
+        chat.broadcast("room", 6)
+        assert (await receive_json(ws))["data"] == 6
+        # As many as the history holds (4 here), and none with 0 or on a channel that has none.
+        other = await server.dial(nursery)
+        await receive_json(other)
+        await request(other, {"type": "join", "channel": "chat:room", "last": 100})
+        assert [(await receive_json(other))["data"] for _ in range(4)] == [3, 4, 5, 6]
+        await request(other, {"type": "join", "channel": "chat:empty", "last": 5})
+        chat.broadcast("room", 7)
+        assert (await receive_json(other))["data"] == 7  # nothing came from chat:empty
+        # `since` wins over `last`.
+        third = await server.dial(nursery)
+        await receive_json(third)
+        since = {"offset": replay[1]["offset"], "epoch": joined["epoch"]}
+        joined = await request(third, {"type": "join", "channel": "chat:room", "since": since, "last": 1})
+        assert joined["recovered"] is True
+        assert [(await receive_json(third))["data"] for _ in range(3)] == [5, 6, 7]
+        bad = await request(third, {"type": "join", "channel": "chat:x", "last": -1, "ref": 2})
+        assert (bad["type"], bad["code"]) == ("join_error", "invalid_field")
+        nursery.cancel_scope.cancel()

@@ -81,7 +81,7 @@ export class ClientChannel<T = unknown> {
   constructor(category: ChannelCategory, onMessage: (data: T, source: MessageSource) => void, options?: ClientChannelOptions);
   /** Join `${category}:${id}`; resolves once joined, rejects with JoinError if refused.
    * Re-joined automatically after every reconnect until left. */
-  joinChannel(id: string): Promise<void>;
+  joinChannel(id: string, options?: { last?: number }): Promise<void>;
   /** Leave `${category}:${id}`; resolves at once if not connected. */
   leaveChannel(id: string): Promise<void>;
   /** Publish into the joined channel `${category}:${id}`; resolves once the server handled it,

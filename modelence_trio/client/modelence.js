@@ -80,9 +80,11 @@ export class ClientChannel {
   }
 
   /** Join `${category}:${id}`; resolves once joined, rejects with JoinError if refused.
-   * Joins made before the connection is up are sent when it is. */
-  joinChannel(id) {
-    return requireConnection().join(this, `${this.category}:${id}`);
+   * Joins made before the connection is up are sent when it is. `options.last`: also get the
+   * channel's last messages (at most that many, as far as the server's history holds), before
+   * live ones (a room's recent history on entering it). */
+  joinChannel(id, options = {}) {
+    return requireConnection().join(this, `${this.category}:${id}`, options?.last);
   }
 
   /** Leave `${category}:${id}`; resolves once left (at once if not connected). */
@@ -248,6 +250,7 @@ class Connection {
   lost(ws, event) {
     if (ws !== this.ws) return;
     const wasReady = this.ready;
+    this.closedCleanly = event?.code === 1001;
     this.ws = null;
     this.ready = false;
     this.clearTimers();
@@ -326,8 +329,9 @@ class Connection {
 
   // A join made while the token is refused rejects at once with that AuthError; like the
   // channels joined before, it is joined once a new token connects (setAuthToken).
-  join(channel, name) {
+  join(channel, name, last) {
     this.categories.set(channel.category, this.categories.get(channel.category) ?? channel);
+    if (!this.joined.has(name) && last) (this.lastWanted ??= new Map()).set(name, last);
     this.joined.set(name, channel);
     if (this.waitingForToken) return Promise.reject(this.waitingForToken);
     const settled = this.waitFor(name);
@@ -348,9 +352,14 @@ class Connection {
 
   sendJoin(name) {
     const since = this.positions.get(name);
-    this.request(since ? { type: "join", channel: name, since } : { type: "join", channel: name }).then(
+    const last = since ? undefined : this.lastWanted?.get(name);
+    const frame = { type: "join", channel: name };
+    if (since) frame.since = since;
+    if (last) frame.last = last;
+    this.request(frame).then(
       (joined) => {
-        if (since && joined.recovered !== true) {
+        this.lastWanted?.delete(name);
+        if (since && joined.recovered !== true && !this.nothingMissed(since, joined)) {
           console.warn(`modelence-trio: messages missed on ${name} could not be recovered`);
           this.onRecoveryFailed?.(name);
         }
@@ -364,6 +373,13 @@ class Connection {
         if (error instanceof JoinError) this.settle(name, error);
       },
     );
+  }
+
+  // A server that closed us with 1001 (a graceful stop) had sent everything first; if the one we
+  // reconnected to is a new one (another epoch) that has sent nothing yet (offset 0), nothing
+  // was missed, though the old offsets cannot be recovered: no warning then.
+  nothingMissed(since, joined) {
+    return this.closedCleanly && joined.epoch !== undefined && joined.epoch !== since.epoch && joined.offset === 0;
   }
 
   settle(name, error) {

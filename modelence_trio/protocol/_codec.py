@@ -197,8 +197,11 @@ def encode(frame: ClientFrame | ServerFrame) -> str:
         obj[name] = getattr(frame, name)
     if isinstance(frame, Welcome):
         obj["roles"] = list(frame.roles)
-    elif isinstance(frame, Join) and frame.since is not None:
-        obj["since"] = {"offset": frame.since.offset, "epoch": frame.since.epoch}
+    elif isinstance(frame, Join):
+        if frame.since is not None:
+            obj["since"] = {"offset": frame.since.offset, "epoch": frame.since.epoch}
+        if frame.last is not None:
+            obj["last"] = frame.last
     elif isinstance(frame, Joined):
         if frame.recovered is not None:
             obj["recovered"] = frame.recovered
@@ -356,14 +359,27 @@ def _since(obj: Mapping[str, Any], ref: Ref) -> Since | None:
     return Since(offset, epoch)
 
 
+#: The most a join may ask for with ``last`` (a server gives at most what its history holds).
+MAX_LAST = 10_000
+
+
+def _last(obj: Mapping[str, Any], ref: Ref) -> int | None:
+    last = obj.get("last")
+    if last is None:
+        return None
+    if not isinstance(last, int) or isinstance(last, bool) or not 0 <= last <= MAX_LAST:
+        raise ProtocolError(ErrorCode.INVALID_FIELD, f"'last' must be an integer from 0 to {MAX_LAST}", ref=ref)
+    return last
+
+
 def _parse_join(obj: Mapping[str, Any], ref: Ref, limits: Limits) -> ClientFrame:
     channel = _channel(obj, ref, limits)
     try:
-        since = _since(obj, ref)
+        since, last = _since(obj, ref), _last(obj, ref)
     except ProtocolError as exc:
         exc.channel = channel
         raise
-    return Join(channel, ref, since)
+    return Join(channel, ref, since, last)
 
 
 def _parse_leave(obj: Mapping[str, Any], ref: Ref, limits: Limits) -> ClientFrame:

@@ -64,6 +64,9 @@ class Join:
     ref: Ref = None
     #: Ask for the messages after this one (recovery after a reconnect).
     since: Since | None = None
+    #: Ask for the channel's last messages (at most this many) before live
+    #: ones: a room's recent history on entering it. ``since`` wins over it.
+    last: int | None = None
 
 
 @attrs.frozen
