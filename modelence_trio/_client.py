@@ -388,9 +388,12 @@ class Client:
         self._connected.set()
 
     async def _disconnected(self) -> None:
-        # What the next re-join's answer means depends on how this connection ended.
-        self._book.closed_cleanly, self._close_code = self._close_code == 1001, None
         ws, self._ws = self._ws, None
+        if ws is not None:
+            # What the next re-join's answer means depends on how the last connection
+            # that was up ended (failed attempts since do not count).
+            self._book.closed_cleanly = self._close_code == 1001
+        self._close_code = None
         if self._connected.is_set():
             self._connected = trio.Event()
         for pending in self._protocol.waiting():

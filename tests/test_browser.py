@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Response, expect, sync_playwright
 
 from .processes import CliServer, cli_server, start_cli
 from .proxy import proxy_thread
@@ -51,7 +52,7 @@ def open_chat(browser: Browser, server: CliServer, name: str, room: str = "lobby
     page = browser.new_context().new_page()
     page.set_default_timeout(TIMEOUT)
     page.goto(f"{server.url}/?name={name}&room={room}")
-    expect(page.locator("#status")).to_have_text("open")
+    expect(page.locator("#status")).to_have_text("connected")
     expect(page.locator("#room-title")).to_have_attribute("data-joined", room)
     return page
 
@@ -106,6 +107,75 @@ def test_switching_rooms_moves_the_page(browser: Browser, server: CliServer) -> 
     expect(ann.locator("#messages li")).to_have_text(["bobwelcome to random"])
 
 
+def test_a_room_shows_its_recent_messages_on_entering_it(browser: Browser, server: CliServer) -> None:
+    ann = open_chat(browser, server, "ann")
+    bob = open_chat(browser, server, "bob")
+    say(ann, "one")
+    say(ann, "two")
+    bob.click("#rooms button[data-room=random]")
+    expect(bob.locator("#room-title")).to_have_attribute("data-joined", "random")
+    say(ann, "three")  # while bob is in another room
+    bob.click("#rooms button[data-room=lobby]")
+    expect(bob.locator("#messages li")).to_have_text(["annone", "anntwo", "annthree"])
+    bob.reload()
+    expect(bob.locator("#messages li")).to_have_text(["annone", "anntwo", "annthree"])
+
+
+def test_signing_out_lets_another_window_pick_a_name(browser: Browser, server: CliServer) -> None:
+    context = browser.new_context()  # two windows of one browser share the stored name
+    first = context.new_page()
+    first.set_default_timeout(TIMEOUT)
+    first.goto(server.url)
+    first.fill("#name", "alice")
+    first.click("#signin button")  # remembered for the browser's other windows
+    expect(first.locator("#whoami")).to_have_text("signed in as alice")
+    second = context.new_page()
+    second.set_default_timeout(TIMEOUT)
+    second.goto(server.url)
+    expect(second.locator("#whoami")).to_have_text("signed in as alice")
+    second.click("#signout")
+    expect(second.locator("#signin")).to_be_visible()
+    second.fill("#name", "bob")
+    second.click("#signin button")
+    expect(second.locator("#whoami")).to_have_text("signed in as bob")
+    expect(second.locator("#status")).to_have_text("connected")
+
+
+def test_the_page_fits_a_phone(browser: Browser, server: CliServer) -> None:
+    page = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
+    page.set_default_timeout(TIMEOUT)
+    missing: list[str] = []
+
+    def note(response: Response) -> None:
+        if response.status >= 400:
+            missing.append(response.url)
+
+    page.on("response", note)
+    page.goto(f"{server.url}/?name=ann")
+    expect(page.locator("#status")).to_have_text("connected")
+    say(page, "hello from a phone")
+    expect(page.locator("#messages li")).to_have_text(["annhello from a phone"])
+    for selector in ("#send button", "#status", "#signout", "#rooms button[data-room=random]"):
+        box = page.locator(selector).bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, (selector, box)
+    assert missing == []  # no 404 (the favicon included)
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390  # nothing cut off sideways
+
+
+def test_a_screenshot_for_the_readme(browser: Browser, server: CliServer) -> None:
+    # Taken by the tests so that README's picture stays what the page is.
+    alice = open_chat(browser, server, "alice")
+    bob = open_chat(browser, server, "bob")
+    say(alice, "hi bob, the staff room is on the left")
+    say(bob, "thanks! I can see you are online")
+    expect(alice.locator("#online li")).to_have_text(["alice", "bob"])
+    expect(alice.locator("#messages li")).to_have_count(2)
+    alice.set_viewport_size({"width": 900, "height": 420})
+    shot = Path(__file__).resolve().parent.parent / "docs" / "chat.png"
+    alice.screenshot(path=str(shot))
+    assert shot.stat().st_size > 10_000
+
+
 def test_private_room_shows_the_refusal(browser: Browser, server: CliServer) -> None:
     bob = open_chat(browser, server, "bob")
     bob.click("#rooms button[data-room=staff]")
@@ -134,10 +204,13 @@ def test_page_reconnects_and_rejoins_after_a_server_restart(browser: Browser, se
     restarted = start_cli(port=server.port)
     try:
         for page in (ann, bob):
-            expect(page.locator("#status")).to_have_text("open", timeout=20_000)
+            expect(page.locator("#status")).to_have_text("connected", timeout=20_000)
         # Re-joined without the page doing anything: a message sent now arrives.
         say(ann, "after the restart")
         expect(bob.locator("#messages li")).to_have_text(["annbefore", "annafter the restart"])
+        # The server stopped gracefully (1001) and the new one had sent nothing: no false alarm.
+        for page in (ann, bob):
+            expect(page.locator("#notice")).to_have_text("")
     finally:
         restarted.stop()
 
@@ -156,7 +229,7 @@ def test_page_recovers_messages_missed_while_its_network_was_down(browser: Brows
         say(bob, "and this")
         call(proxy.restore)
 
-        expect(ann.locator("#status")).to_have_text("open", timeout=20_000)
+        expect(ann.locator("#status")).to_have_text("connected", timeout=20_000)
         expect(ann.locator("#messages li")).to_have_text(["bobbefore", "bobwhile you were away", "boband this"])
         say(bob, "live again")
         expect(ann.locator("#messages li")).to_have_text(
@@ -256,7 +329,11 @@ def _run_vector_in_page(page: Page, vector: dict[str, Any], welcome: dict[str, A
     ref: Any = None
     seen = 0
     for step in vector["steps"]:
-        if "connect" in step:
+        if "refuse" in step:  # a connection attempt that fails before the welcome
+            page.wait_for_function("n => __sockets.length > n", arg=sockets)
+            sockets += 1
+            page.evaluate("() => { const s = __sockets.at(-1); s.readyState = 3; s.onclose({ code: 1006 }); }")
+        elif "connect" in step:
             page.wait_for_function("n => __sockets.length > n", arg=sockets)
             sockets += 1
             read = 0

@@ -20,6 +20,7 @@ from modelence_trio import (
     App,
     ChannelContext,
     DevelopmentAuthenticator,
+    History,
     HubConfig,
     MethodContext,
     MethodError,
@@ -62,7 +63,13 @@ def member(ctx: ChannelContext) -> dict[str, Any]:
     return {"handle": ctx.user.handle, "staff": "staff" in ctx.roles}
 
 
-chat = ServerChannel("chat", can_access=can_access, presence=Presence(meta=member), payload=ChatMessage)
+chat = ServerChannel(
+    "chat",
+    can_access=can_access,
+    presence=Presence(meta=member),
+    payload=ChatMessage,
+    history=History(size=200, max_age=3600),  # a room's recent messages, shown on entering it
+)
 
 
 def send_message(args: SendMessage, ctx: MethodContext) -> ChatMessage:

@@ -250,7 +250,8 @@ class Connection {
   lost(ws, event) {
     if (ws !== this.ws) return;
     const wasReady = this.ready;
-    this.closedCleanly = event?.code === 1001;
+    // How the last connection that was up ended (failed attempts since do not count).
+    if (wasReady) this.closedCleanly = event?.code === 1001;
     this.ws = null;
     this.ready = false;
     this.clearTimers();

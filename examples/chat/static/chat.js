@@ -5,6 +5,10 @@ const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const name = params.get("name") ?? localStorage.getItem("chat-name") ?? "";
 let room = params.get("room") ?? "lobby";
+const RECENT = 50; // messages shown on entering a room, from the server's history
+const STATUS = { connecting: "connecting", open: "connected", reconnecting: "reconnecting", unauthorized: "signed out", closed: "closed" };
+const LOCK =
+  '<svg class="lock" viewBox="0 0 16 16" aria-hidden="true"><path fill="currentColor" d="M4 7V5a4 4 0 0 1 8 0v2h1v8H3V7zm2 0h4V5a2 2 0 0 0-4 0z"/></svg>';
 
 function show(message) {
   const item = document.createElement("li");
@@ -41,8 +45,11 @@ startWebsockets({
   channels: [chat],
   token: name || null,
   onStatusChange: (status) => {
-    $("status").textContent = status;
+    $("status").textContent = STATUS[status] ?? status;
     $("status").dataset.status = status;
+  },
+  onAuthError: () => {
+    $("notice").textContent = "Your sign-in was refused: sign in again.";
   },
   onRecoveryFailed: (channel) => {
     if (channel === `chat:${room}`) $("notice").textContent = "Some messages sent while you were offline are missing.";
@@ -60,7 +67,7 @@ async function enter(next) {
     button.setAttribute("aria-current", String(button.dataset.room === room));
   }
   try {
-    await chat.joinChannel(room);
+    await chat.joinChannel(room, { last: RECENT }); // the room's recent messages come first
     $("room-title").dataset.joined = room;
   } catch (error) {
     if (room === next) $("notice").textContent = `You cannot join #${next}: ${error.message} (${error.code})`;
@@ -85,16 +92,23 @@ $("signin").addEventListener("submit", (event) => {
   location.search = params.toString(); // a new name is a new connection
 });
 
+$("signout").addEventListener("click", () => {
+  localStorage.removeItem("chat-name");
+  params.delete("name");
+  location.search = params.toString(); // another window can then pick another name
+});
+
 if (name) {
   $("signin").hidden = true;
-  $("whoami").hidden = false;
+  $("account").hidden = false;
   $("whoami").textContent = `signed in as ${name}`;
 }
 
 for (const { id, title, private: locked } of await callMethod("chat.rooms")) {
   const button = document.createElement("button");
   button.dataset.room = id;
-  button.textContent = `${locked ? "🔒 " : "# "}${title}`;
+  if (locked) button.innerHTML = LOCK; // an icon that needs no emoji font
+  button.append(`${locked ? "" : "# "}${title}`);
   button.addEventListener("click", () => enter(id));
   const item = document.createElement("li");
   item.append(button);
