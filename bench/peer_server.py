@@ -81,6 +81,15 @@ async def run_broadcast(query: dict[str, list[str]]) -> dict[str, Any]:
         names = [f"{prefix}{i}" for i in range(int(query.get("nch", ["0"])[0]))]
     targets = [(channels[name.partition(":")[0]], name.partition(":")[2]) for name in names]
     start = time.time()
+    if "spread" in query and rate > 0:  # rate rounds/s, each message of a round at its own moment
+        step = 1 / (rate * len(targets))
+        for seq in range(count):
+            for index, (channel, channel_id) in enumerate(targets):
+                wait = start + (seq * len(targets) + index) * step - time.time()
+                if wait > 0:
+                    await trio.sleep(wait)
+                channel.broadcast(channel_id, {"seq": seq, "ts": round(time.time() * 1000, 3), "pad": PAD})
+        return {"ok": True, "rounds": count, "messages": count * len(targets), "loop_ms": (time.time() - start) * 1000}
     for seq in range(count):
         if rate > 0:
             wait = start + seq / rate - time.time()
@@ -172,8 +181,9 @@ async def handle(hub: Hub, stream: trio.SocketStream) -> None:
     await serve_stream(hub, ReplayStream(stream, head))
 
 
-#: Every load-generator client comes from 127.0.0.1: no per-address limit.
-BENCH_CONFIG = HubConfig(max_connections_per_address=None)
+#: Every load-generator client comes from loopback: no per-address limit, and as many
+#: connections as the open-file limit allows (bench/scale.py holds 19,000).
+BENCH_CONFIG = HubConfig(max_connections_per_address=None, max_connections=None)
 
 
 def tune_gc(gc_mode: str) -> None:
@@ -210,7 +220,7 @@ async def main(
         await handle(hub, stream)
 
     async with trio.open_nursery() as nursery:
-        if fanout is not None or "--presence" in sys.argv:
+        if fanout is not None or "--presence" in sys.argv or "--run-hub" in sys.argv:
             await nursery.start(hub.run)  # ready once the fan-out is; runs its writer and poller, presence
         await trio.serve_listeners(handler, listeners)
 
@@ -255,6 +265,7 @@ if __name__ == "__main__":
     parser.add_argument("--ttl", type=float, default=60, help="fan-out TTL of stored broadcasts, seconds")
     parser.add_argument("--ttl-index", action="store_true", help="expire them with MongoDB's TTL index")
     parser.add_argument("--presence", action="store_true", help="chat:* channels have presence (anonymous members)")
+    parser.add_argument("--run-hub", action="store_true", help="run the hub's background work (heartbeats)")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
         if args.transport == "hypercorn":

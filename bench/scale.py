@@ -1,0 +1,308 @@
+"""As many connections as one process may hold: what each costs, at 2,000 to 19,000.
+
+    .venv/bin/python bench/scale.py                         # 2k, 5k, 10k, 19k connections
+    .venv/bin/python bench/scale.py --levels 2000,5000      # fewer, quicker
+
+For each level, a fresh ``bench/peer_server.py --run-hub`` (the bare hub on
+trio-websocket, heartbeats at their defaults: a ping every 25 s) pinned to
+CPU 0, and load-generator processes on CPU 1, each on a source address of its
+own (127.0.0.2, 127.0.0.3, ...: a process may hold at most 20,000
+descriptors here, and one address 28,000 ports). Every connection joins
+``user:<i mod 1000>`` and ``chat:all``. It prints one line per level and a
+projection of the costs to 100,000 connections:
+
+- connect+join rate (connections per second, all load generators together);
+- server memory per connection (RSS after all joined minus before, over count);
+- idle server CPU (% of a core) over 30 s with every connection open, so at
+  least one heartbeat round of pings and pongs falls into it;
+- the time until one broadcast to ``chat:all`` has reached every connection;
+- p50/p99 latency of 1,000 messages/s spread over the 1,000 ``user:*``
+  channels for 10 s (each reaches its channel's connections).
+
+It asserts nothing; loopback only, bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+from loadgen import KEY, PING, PONG, control, cpu_seconds, masked_text, pin, rss_mib, running_server
+
+HERE = Path(__file__).resolve().parent
+CHANNELS = 1000
+PER_WORKER = 5000  # connections per load-generator process (each holds one descriptor per connection)
+
+
+# --- a load-generator process ------------------------------------------------------------
+
+
+class Conn:
+    """One raw WebSocket client joined to its channel and ``chat:all``."""
+
+    __slots__ = ("buffer", "stream")
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def frames(self) -> list[bytes]:
+        data = await self.stream.receive_some(65536)
+        if not data:
+            raise EOFError("the server closed the connection")
+        buf, out, pos = self.buffer + data, [], 0
+        while len(buf) - pos >= 2:
+            length, start = buf[pos + 1] & 0x7F, pos + 2
+            if length == 126:
+                if len(buf) - pos < 4:
+                    break
+                length, start = int.from_bytes(buf[pos + 2 : pos + 4], "big"), pos + 4
+            elif length == 127:
+                if len(buf) - pos < 10:
+                    break
+                length, start = int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10
+            if len(buf) < start + length:
+                break
+            payload = buf[start : start + length]
+            if buf[pos] & 0x0F == PING:  # a heartbeat: answer it, as every client does
+                await self.stream.send_all(masked_text(payload, PONG))
+            else:
+                out.append(payload)
+            pos = start + length
+        self.buffer = buf[pos:]
+        return out
+
+
+async def open_conn(port: int, source: str, channel: str) -> Conn:
+    sock = trio.socket.socket()
+    await sock.bind((source, 0))
+    await sock.connect(("127.0.0.1", port))
+    conn = Conn(trio.SocketStream(sock))
+    request = (
+        f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await conn.stream.send_all(request.encode())
+    while b"\r\n\r\n" not in conn.buffer:
+        conn.buffer += await conn.stream.receive_some(65536)
+    head, conn.buffer = conn.buffer.split(b"\r\n\r\n", 1)
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise RuntimeError(f"handshake refused: {head[:60]!r}")
+    joins = [json.dumps({"type": "join", "channel": name}).encode() for name in (channel, "chat:all")]
+    await conn.stream.send_all(b"".join(masked_text(frame) for frame in joins))
+    joined = 0
+    while joined < 2:
+        joined += sum(b'"joined"' in payload for payload in await conn.frames())
+    return conn
+
+
+async def worker(port: int, source: str, first: int, count: int) -> None:
+    """Holds ``count`` connections (numbered from ``first``); obeys commands on stdin."""
+    conns: list[Conn] = []
+    stdin = trio.lowlevel.FdStream(os.dup(0))
+    lines = b""
+
+    async def reply(obj: dict[str, object]) -> None:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    async def command() -> str:
+        nonlocal lines
+        while b"\n" not in lines:
+            lines += await stdin.receive_some(4096)
+        line, lines = lines.split(b"\n", 1)
+        return line.decode()
+
+    while True:
+        what = await command()
+        if what == "connect":
+            start = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                limit = trio.CapacityLimiter(200)
+                for i in range(first, first + count):
+                    nursery.start_soon(_connect_one, conns, limit, port, source, f"user:{i % CHANNELS}")
+            await reply({"connected": len(conns), "seconds": time.perf_counter() - start})
+        elif what.startswith("read"):
+            # Read until each connection got ``expected`` messages (pings answered meanwhile).
+            expected, seconds = int(what.split()[1]), float(what.split()[2])
+            latencies: list[float] = []
+            done_at: list[float] = []
+            with trio.move_on_after(seconds):
+                async with trio.open_nursery() as nursery:
+                    for conn in conns:
+                        nursery.start_soon(_drain, conn, expected, latencies, done_at)
+            await reply({"complete": len(done_at), "last": max(done_at, default=0.0), "latencies": latencies})
+        elif what.startswith("idle"):
+            # Keep answering pings for a while (the heartbeat round).
+            with trio.move_on_after(float(what.split()[1])):
+                async with trio.open_nursery() as nursery:
+                    for conn in conns:
+                        nursery.start_soon(_answer_pings, conn)
+            await reply({"idle": True})
+        elif what == "quit":
+            return
+
+
+async def _connect_one(conns: list[Conn], limit: trio.CapacityLimiter, port: int, source: str, channel: str) -> None:
+    async with limit:
+        conns.append(await open_conn(port, source, channel))
+
+
+async def _drain(conn: Conn, expected: int, latencies: list[float], done_at: list[float]) -> None:
+    got = 0
+    while got < expected:
+        for payload in await conn.frames():
+            if b'"message"' in payload:
+                got += 1
+                stamp = json.loads(payload)["data"].get("ts")
+                if stamp:
+                    latencies.append(time.time() * 1000 - stamp)
+    done_at.append(time.time())
+
+
+async def _answer_pings(conn: Conn) -> None:
+    while True:
+        await conn.frames()
+
+
+# --- the coordinator -----------------------------------------------------------------------
+
+
+class Workers:
+    def __init__(self, port: int, total: int) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+        first = 0
+        for index, start in enumerate(range(0, total, PER_WORKER)):
+            count = min(PER_WORKER, total - start)
+            source = f"127.0.0.{index + 2}"
+            command = [sys.executable, __file__, "--worker", str(port), source, str(first), str(count)]
+            proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            self.procs.append(proc)
+            first += count
+
+    async def ask(self, command: str) -> list[dict[str, object]]:
+        for proc in self.procs:
+            assert proc.stdin is not None
+            proc.stdin.write(command + "\n")
+            proc.stdin.flush()
+        answers = []
+        for proc in self.procs:
+            assert proc.stdout is not None
+            line = await trio.to_thread.run_sync(proc.stdout.readline)
+            answers.append(json.loads(line))
+        return answers
+
+    def close(self) -> None:
+        for proc in self.procs:
+            try:
+                assert proc.stdin is not None
+                proc.stdin.write("quit\n")
+                proc.stdin.flush()
+            except OSError:
+                pass
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@asynccontextmanager
+async def workers(port: int, total: int) -> AsyncIterator[Workers]:
+    group = Workers(port, total)
+    try:
+        yield group
+    finally:
+        group.close()
+
+
+async def level(total: int) -> dict[str, float]:
+    async with running_server("tuned", "trio-websocket", "--run-hub", cpu=0) as (pid, port):
+        rss_before = rss_mib(pid)
+        async with workers(port, total) as group:
+            start = time.perf_counter()
+            answers = await group.ask("connect")
+            connect_s = time.perf_counter() - start
+            connected = sum(int(a["connected"]) for a in answers)  # type: ignore[call-overload]
+            await trio.sleep(2)
+            rss_after = rss_mib(pid)
+            # Idle: 30 s with every connection open, heartbeats included.
+            cpu0 = cpu_seconds(pid)
+            await group.ask("idle 30")
+            idle_cpu = (cpu_seconds(pid) - cpu0) / 30
+            # One broadcast to everyone.
+            reading = trio.open_nursery()
+            async with reading as nursery:
+                results: list[list[dict[str, object]]] = []
+
+                async def read(expected: int, seconds: float) -> None:
+                    results.append(await group.ask(f"read {expected} {seconds}"))
+
+                nursery.start_soon(read, 1, 30)
+                await trio.sleep(1)
+                sent = time.time()
+                await control(port, "channel=chat:all&count=1&rate=0")
+            everyone = sum(int(a["complete"]) for a in results[0])  # type: ignore[call-overload]
+            all_s = max(float(a["last"]) for a in results[0]) - sent  # type: ignore[arg-type]
+            # 1,000 messages/s over the 1,000 user channels, 10 s: each connection gets 10.
+            results.clear()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read, 10, 40)
+                await trio.sleep(1)
+                await control(port, f"prefix=user:&nch={CHANNELS}&count=10&rate=1&spread=1")
+            latencies = sorted(x for a in results[0] for x in a["latencies"])  # type: ignore[attr-defined]
+    return {
+        "connections": connected,
+        "connect+join per s": round(connected / connect_s),
+        "KiB per connection": round((rss_after - rss_before) * 1024 / connected, 2),
+        "idle CPU % of a core": round(100 * idle_cpu, 2),
+        "one broadcast to all s": round(all_s, 3),
+        "reached": everyone,
+        "p50 ms": round(statistics.median(latencies), 1) if latencies else -1,
+        "p99 ms": round(latencies[int(len(latencies) * 0.99)], 1) if latencies else -1,
+    }
+
+
+async def main(levels: list[int]) -> None:
+    print(f"# {time.strftime('%Y-%m-%d %H:%M')} cpus={os.cpu_count()} python={sys.version.split()[0]}", flush=True)
+    rows = []
+    for total in levels:
+        row = await level(total)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    top = rows[-1]
+    factor = 100_000 / top["connections"]
+    print(
+        json.dumps(
+            {
+                "projected to 100,000 connections": True,
+                "server MiB": round(top["KiB per connection"] * 100_000 / 1024),
+                "idle CPU % of a core": round(top["idle CPU % of a core"] * factor, 1),
+                "one broadcast to all s": round(top["one broadcast to all s"] * factor, 2),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        import resource
+
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        pin(1)
+        port, source, first, count = sys.argv[2:6]
+        trio.run(worker, int(port), source, int(first), int(count))
+    else:
+        parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser.add_argument("--levels", default="2000,5000,10000,19000", help="connection counts, comma-separated")
+        args = parser.parse_args()
+        trio.run(main, [int(n) for n in args.levels.split(",")])
