@@ -140,11 +140,23 @@ def start_server(
 
 
 @contextmanager
-def cli_server(app: str = CHAT_APP, port: int = 0) -> Iterator[CliServer]:
-    server = start_cli(app, port)
+def cli_server(app: str = CHAT_APP, port: int = 0, *, cwd: Path = ROOT) -> Iterator[CliServer]:
+    server = start_cli(app, port, cwd=cwd)
     try:
         yield server
     finally:
         if server.process.poll() is None:
             server.kill()
         server.process.communicate()
+
+
+def run_pytest(project: Path, *arguments: str, timeout: float = 120) -> tuple[int, str]:
+    """Run pytest in ``project`` as a user would in a fresh project (with this
+    environment's Python, where modelence-trio is installed): no PYTHONPATH,
+    no options from the environment; its exit code and output."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PYTHON"))}
+    command = [sys.executable, "-m", "pytest", *arguments]
+    result = subprocess.run(
+        command, cwd=project, env=environment, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    return result.returncode, result.stdout + result.stderr
