@@ -119,6 +119,7 @@ async def wait_for_mongodb(database: Any, timeout: float) -> None:
 
     deadline = trio.current_time() + timeout
     told = False
+    reason: str | None = None
     while True:
         attempt = max(0.1, min(2.0, deadline - trio.current_time()))
         try:
@@ -128,7 +129,9 @@ async def wait_for_mongodb(database: Any, timeout: float) -> None:
             if isinstance(exc, pymongo.errors.OperationFailure) and not exc.timeout:
                 # Reached it, and it said no (wrong credentials, ...): waiting will not help.
                 raise StartupError(f"MongoDB refused the connection: {_mongo_reason(exc)}") from None
-            reason = _mongo_reason(exc)
+            latest = _mongo_reason(exc)
+            if reason is None or not latest.endswith("timed out"):  # keep what said more ("refused")
+                reason = latest
         if trio.current_time() >= deadline:
             raise StartupError(f"MongoDB is unreachable ({reason}); gave up after {timeout:g} s (--mongodb-wait)")
         if not told:
