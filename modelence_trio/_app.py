@@ -25,6 +25,7 @@ from ._channel import ServerChannel
 from ._config import HubConfig
 from ._fanout import MongoFanout
 from ._hub import Hub
+from ._listen import bind_listener
 from ._methods import HttpResponse, Method, MethodRateLimit, MethodTable, call_method, typed_method
 
 if TYPE_CHECKING:
@@ -150,6 +151,7 @@ class App:
         self.request_timeout = request_timeout
         self._rate_limit = MethodRateLimit(methods_per_second) if methods_per_second is not None else None
         self.hub.methods = MethodTable(self._methods, self._rate_limit)  # ``call`` over the socket too
+        self._http_requests = 0  # under way, for the drain at shutdown
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -168,14 +170,26 @@ class App:
         """Serve the app with hypercorn in this Trio program.
 
         ``nursery.start(app.serve, host, port)`` returns the URLs it listens
-        on (port 0 picks a free one). When ``shutdown_trigger`` returns, the
-        shutdown is graceful: new WebSockets get 503, every connection
-        flushes what is queued and closes with 1001 (within
-        ``HubConfig.shutdown_grace``), then the server stops. Cancelling this
-        task shuts down the same way, but the server stops listening at once.
+        on (port 0 picks a free one). The port is bound before anything else
+        starts, so a busy one raises ``OSError`` (``errno.EADDRINUSE``) at
+        once, unwrapped, with the hub not started.
+
+        When ``shutdown_trigger`` returns, the shutdown is graceful: new
+        WebSockets get 503, every connection flushes what is queued and
+        closes with 1001, HTTP requests under way are answered (all within
+        ``HubConfig.shutdown_grace``), and then the server stops at once:
+        nothing else is waited for (hypercorn's own ``graceful_timeout``
+        would otherwise keep every closed WebSocket's ping task, and so the
+        whole server, alive for up to its length). With nothing queued that
+        is well under a second. Cancelling this task shuts down the same
+        way, but the server stops listening at once.
+
+        Raises:
+            OSError: ``host:port`` cannot be bound (see ``errno``).
         """
+        listener = bind_listener(host, port)
         config = hypercorn.config.Config()
-        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        config.bind = [f"fd://{listener.detach()}"]  # hypercorn listens on it
         config.websocket_max_message_size = self.hub.config.max_frame_size
         config.websocket_ping_interval = self.hub.config.heartbeat_interval
         # A connection that sends nothing (no request, no body, no pong to
@@ -191,11 +205,12 @@ class App:
 
         async def drain_then_stop() -> None:
             await (shutdown_trigger or trio.sleep_forever)()
-            self.hub.begin_shutdown()
-            grace = self.hub.config.shutdown_grace + self.hub.config.close_timeout
-            with trio.move_on_after(grace):
-                while self.hub.statistics().connections:
-                    await trio.sleep(0.05)
+            await self.drain()
+            # What is left is nobody's: idle keep-alive connections and the
+            # ping tasks of closed WebSockets (each sleeps out a whole
+            # websocket_ping_interval). hypercorn reads this once the trigger
+            # returns, as the deadline for its connections.
+            config.graceful_timeout = 0
 
         await hypercorn.trio.serve(
             self,  # type: ignore[arg-type]  # hypercorn's Framework type wants its own TypedDicts
@@ -205,12 +220,28 @@ class App:
             mode="asgi",
         )
 
+    async def drain(self) -> None:
+        """Shut the hub down (new WebSockets get 503; each connection flushes
+        and closes with 1001) and wait until every WebSocket has closed and
+        every HTTP request under way has been answered, at most
+        ``shutdown_grace`` (plus ``close_timeout`` for a write that was cut
+        off at that deadline). What ``serve`` does when its trigger returns;
+        for another ASGI server, call it from that server's shutdown hook."""
+        self.hub.begin_shutdown()
+        with trio.move_on_after(self.hub.config.shutdown_grace + self.hub.config.close_timeout):
+            while self.hub.statistics().connections or self._http_requests:
+                await trio.sleep(0.01)
+
     # --- ASGI -----------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
+            self._http_requests += 1
+            try:
+                await self._http(scope, receive, send)
+            finally:
+                self._http_requests -= 1
         elif kind == "websocket":
             if scope["path"] != self.websocket_path:
                 await send({"type": "websocket.close", "code": 1008, "reason": "no WebSocket endpoint here"})

@@ -161,9 +161,10 @@ class ServerChannel(Generic[T]):
         caller is cancelled, the broadcast is still stored.
 
         Raises:
-            everything ``broadcast`` raises, and
             FanoutNotStored: the backend cannot store it (MongoDB: what BSON
                 cannot hold), or the hub stopped first. Logged and counted too.
+            TypeError: as :meth:`broadcast` (and its ``ValueError``,
+                ``RuntimeError`` and ``FanoutOverflow``).
         """
         name = self._name(channel_id)
         data = self._to_wire(data)

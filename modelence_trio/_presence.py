@@ -61,7 +61,7 @@ MetaHook = Callable[["ChannelContext"], "Any | Awaitable[Any]"]
 class Presence:
     """Presence for one channel category: ``ServerChannel("room", presence=Presence(...))``.
 
-    Args:
+    Attributes:
         meta: ``meta(ctx)`` (sync or async) returns the JSON metadata of the
             connection's member (a handle, an avatar, a status), decided by the
             server. ``None``: no metadata (``null``). Called once per join.

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pymongo
 import pytest
@@ -88,3 +89,9 @@ def database_name(mongodb_uri: str) -> Iterator[str]:
 def database(mongodb_uri: str, database_name: str) -> Iterator[Database[dict[str, Any]]]:
     with connect(mongodb_uri) as client:
         yield client[database_name]
+
+
+def with_database(uri: str, database: str) -> str:
+    """``uri`` with ``database`` as its path (the database the instances use)."""
+    where = urlsplit(uri)
+    return where._replace(path=f"/{database}").geturl()

@@ -209,3 +209,34 @@ def test_declaration_errors_are_clear() -> None:
         Module("a", mutations={"x.y": greet})
     with pytest.raises(ValueError, match="4xx or 5xx"):
         MethodError("x", status=200)
+
+
+async def test_a_method_call_under_way_at_shutdown_is_answered(nursery: trio.Nursery) -> None:
+    started = trio.Event()
+
+    async def slow(args: dict[str, Any], ctx: MethodContext) -> str:
+        started.set()
+        await trio.sleep(0.5)
+        return "done"
+
+    app = App([Module("slow", mutations={"call": slow})])
+    stop = trio.Event()
+    served = trio.Event()
+
+    async def serve(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        await app.serve("127.0.0.1", 0, shutdown_trigger=stop.wait, task_status=task_status)
+        served.set()
+
+    urls = await nursery.start(serve)
+    replies: list[Reply] = []
+
+    async def call() -> None:
+        replies.append(await http(f"{urls[0]}/api/_internal/method/slow.call", {"args": {}}))
+
+    async with trio.open_nursery() as calls:
+        calls.start_soon(call)
+        await started.wait()
+        stop.set()  # the server stops only once the call is answered
+    assert (replies[0].status, replies[0].json()) == (200, {"data": "done"})
+    with trio.fail_after(5):
+        await served.wait()

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, Response, expect, sync_playwright
+from playwright.sync_api import Browser, Dialog, Page, Response, expect, sync_playwright
 
 from .processes import CliServer, cli_server, start_cli
 from .proxy import proxy_thread
+from .readme import block
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
@@ -271,6 +272,40 @@ def test_the_browser_client_publishes(browser: Browser, server: CliServer) -> No
     first, second = page.evaluate(outcome)
     assert first.startswith("not_joined")  # this page never joined chat:elsewhere
     assert second.startswith("publish_not_allowed")  # joined, but the channel has no on_message
+
+
+def test_the_readme_page_runs_as_written(browser: Browser, tmp_path: Path) -> None:
+    """README's page snippet, as written, served by the README's quickstart
+    app, with ann's token where the snippet reads it (as a sign-in would
+    leave it): it connects, joins, calls the method and logs the broadcast,
+    with no error and no alert."""
+    (tmp_path / "myapp.py").write_text(block("# myapp.py"))
+    snippet = block("<!-- a page served by the app (static_dir) -->")
+    with cli_server("myapp:app", cwd=tmp_path) as server:
+        context = browser.new_context()
+        context.add_init_script("localStorage.setItem('authToken', 'secret-token')")
+        page = context.new_page()
+        errors: list[str] = []
+        logs: list[list[Any]] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+
+        def on_dialog(dialog: Dialog) -> None:  # onJoinError's alert
+            errors.append(f"alert: {dialog.message}")
+            dialog.dismiss()
+
+        page.on("dialog", on_dialog)
+        page.on("console", lambda message: logs.append([arg.json_value() for arg in message.args]))
+        # A document of the app's origin (any of its URLs), then the snippet as its content.
+        page.goto(f"{server.url}/_modelence/modelence.d.ts")
+        page.set_content(f"<!doctype html>\n{snippet}")
+        for _ in range(100):
+            if ["lobby", {"text": "hi", "from": "ann"}] in logs or errors:
+                break
+            page.wait_for_timeout(100)
+        assert errors == []
+        assert ["lobby", {"text": "hi", "from": "ann"}] in logs, logs
+        assert ["open"] in logs, logs  # onStatusChange
+        context.close()
 
 
 # --- the shared client vectors (tests/vectors/client.json), in the browser client ----------

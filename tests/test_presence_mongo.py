@@ -9,7 +9,6 @@ import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from urllib.parse import urlsplit
 
 import trio
 import trio_websocket
@@ -18,7 +17,7 @@ from modelence_trio import Hub, HubConfig, MongoFanout
 from modelence_trio.testing import MemoryServer, open_memory_server
 
 from .helpers import receive_json
-from .mongo import connect
+from .mongo import connect, with_database
 from .processes import CliServer, start_cli
 from .proxy import Proxy
 from .test_presence_hubs import View, authenticator, dial, join, room
@@ -74,11 +73,6 @@ async def test_three_instances_share_presence_and_a_partition_reconciles(
         clients.cancel_scope.cancel()
 
 
-def _with_database(uri: str, database: str) -> str:
-    where = urlsplit(uri)
-    return where._replace(path=f"/{database}").geturl()
-
-
 @contextmanager
 def processes(uri: str, count: int) -> Iterator[list[CliServer]]:
     servers: list[CliServer] = []
@@ -110,7 +104,7 @@ async def _view(ws: trio_websocket.WebSocketConnection) -> View:
 async def test_a_killed_instance_members_expire_and_a_restart_leaves_no_ghost(
     mongodb_uri: str, database_name: str
 ) -> None:
-    uri = _with_database(mongodb_uri, database_name)
+    uri = with_database(mongodb_uri, database_name)
     with processes(uri, 3) as (one, two, three):
         async with trio.open_nursery() as nursery:
             watcher = await _socket(one, nursery, "ann")

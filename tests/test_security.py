@@ -376,11 +376,12 @@ def test_accept_errors_are_logged_once_per_interval(caplog: pytest.LogCaptureFix
 
 def test_the_cli_adds_allowed_origins_and_names_a_bad_one() -> None:
     from modelence_trio._cli import allow_origins
+    from modelence_trio._startup import StartupError
 
     app = App([Module("t", queries={"whoami": whoami})])
     allow_origins(app, ["", " https://app.example.com ", "https://*.example.org"])
     assert app.hub.config.allowed_origins == ("https://app.example.com", "https://*.example.org")
-    with pytest.raises(SystemExit, match=r"allowed origin 'app\.example\.com'"):
+    with pytest.raises(StartupError, match=r"allowed origin 'app\.example\.com'"):
         allow_origins(app, ["app.example.com"])
     assert app.hub.config.allowed_origins == ("https://app.example.com", "https://*.example.org")
 
