@@ -136,7 +136,7 @@ async def test_the_command_waits_for_a_mongodb_that_comes_up(tmp_path: Path) -> 
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(start)
-            await trio.sleep(2)  # the command waits meanwhile
+            await trio.sleep(5)  # the command waits meanwhile (its first try gives up after 2 s)
             database = await trio.to_thread.run_sync(start_nx, port, tmp_path)
         code, err = await trio.to_thread.run_sync(started[0].stop)
         assert code == 0, err
