@@ -22,6 +22,7 @@ from modelence_trio import History, Hub, ServerChannel
 class _Counting:
     def __init__(self) -> None:
         self.received = 0
+        self.delivered_frames = self.delivered_bytes = 0
 
     def send(self, frame: Any) -> None:
         self.received += 1
