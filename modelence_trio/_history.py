@@ -81,7 +81,7 @@ class HistoryBook:
             kept = self._channels[channel] = _Channel(collections.deque(), self._forgotten, history.max_age)
         kept.entries.append((self._last, now, text))
         self.entries += 1
-        self.bytes += _size(text)
+        self.bytes += len(frame.wire)  # header included: what a replay sends again
         if len(kept.entries) > history.size:
             kept.floor = self._evict(kept)
         self._expire(kept, now - history.max_age)
@@ -111,7 +111,7 @@ class HistoryBook:
                 last = kept.entries[-1][0] if kept.entries else kept.floor
                 self._forgotten = max(self._forgotten, last)
                 self.entries -= len(kept.entries)
-                self.bytes -= sum(_size(text) for _, _, text in kept.entries)
+                self.bytes -= sum(_wire_size(text) for _, _, text in kept.entries)
                 del self._channels[name]
 
     def __len__(self) -> int:
@@ -126,10 +126,12 @@ class HistoryBook:
         """Forget the oldest message of ``kept``; its offset."""
         offset, _, text = kept.entries.popleft()
         self.entries -= 1
-        self.bytes -= _size(text)
+        self.bytes -= _wire_size(text)
         return offset
 
 
-def _size(text: str) -> int:
-    """A frame's bytes as sent (UTF-8), without encoding ASCII text."""
-    return len(text) if text.isascii() else len(text.encode())
+def _wire_size(text: str) -> int:
+    """The bytes of a kept frame as sent: its WebSocket header and its UTF-8
+    text (``Outgoing.from_text``'s length, without encoding ASCII text)."""
+    size = len(text) if text.isascii() else len(text.encode())
+    return size + (2 if size < 126 else 4 if size < 1 << 16 else 10)

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import itertools
 import logging
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -173,7 +174,10 @@ class Hub:
         one, so several hubs in one process do not collide), read when
         scraped; process and garbage-collector metrics included. Serve it
         with ``prometheus_client.generate_latest(hub.metrics)`` or
-        :func:`~modelence_trio.serve_metrics`; docs: README, Observability."""
+        :func:`~modelence_trio.serve_metrics`; docs: README, Observability.
+        Collect it in the hub's Trio thread, as those do (from another
+        thread: ``trio.from_thread.run_sync(generate_latest, hub.metrics,
+        trio_token=hub.trio_token)``): the hub's numbers change in that thread."""
         if self._metrics is None:
             from ._metrics import hub_registry  # here: _metrics needs _methods, which needs this module
 
@@ -259,10 +263,12 @@ class Hub:
         limit, fanout = self.config.fanout_outage_limit, self.fanout
         if fanout is not None and limit is not None and self._ready:
             since = fanout.statistics().outage_since
-            if since is not None:
-                lasted = trio.current_time() - since
-                if lasted > limit:
-                    not_ready.append(("fanout", f"database unreachable for {lasted:.0f} s"))
+            try:
+                lasted = trio.current_time() - since if since is not None else 0.0
+            except RuntimeError:  # asked outside the hub's Trio run: that outage cannot be timed
+                lasted = math.inf
+            if lasted > limit:
+                not_ready.append(("fanout", f"database unreachable for {lasted:.0f} s"))
         return Readiness(tuple(not_ready))
 
     async def drain(self) -> None:

@@ -201,7 +201,7 @@ class HubCollector(Collector):
         histories = router.histories
         entries = _gauge("modelence_history_entries", "Messages kept for recovery, on every channel")
         entries.add_metric([], float(histories.entries))
-        size = _gauge("modelence_history_bytes", "Bytes (UTF-8) of the messages kept for recovery")
+        size = _gauge("modelence_history_bytes", "Bytes of the messages kept for recovery, as they are sent")
         size.add_metric([], float(histories.bytes))
         yield from (entries, size)
 

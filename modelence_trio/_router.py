@@ -70,13 +70,18 @@ class Router:
         """Route one broadcast; ``receipt`` (``broadcast_stored``) is settled
         once the fan-out has stored it, at once without a fan-out."""
         fanout = self.fanout
-        if fanout is None:  # the single-instance hot path, spelled out
+        if fanout is None:  # the single-instance hot path, spelled out (_deliver inlined)
             history = channel.history
             if history is None:
                 frame = Outgoing.from_text(encode_message(name, data))
             else:
                 frame = self.histories.record(name, encode_data(name, data), history, _now())
-            self._deliver(channel.category, name, frame)
+            size = len(frame.wire)
+            delivered = self.registry.deliver(name, frame, size)
+            traffic = self.traffic[channel.category]
+            traffic.broadcasts += 1
+            traffic.deliveries += delivered
+            traffic.bytes += delivered * size
             if receipt is not None:
                 receipt.stored()  # nothing to store
         elif fanout.ordered:

@@ -184,7 +184,7 @@ async def test_a_scripted_session_gives_exact_metrics(nursery: trio.Nursery, tra
             # guest 2, the slow one 2; then the deliveries.
             assert m("modelence_sent_frames_total") == 12 + 2 + broadcasts - 1
             assert m("modelence_history_entries") == 1  # chat keeps one message; big keeps none
-            assert m("modelence_history_bytes") == len(guest_text)
+            assert m("modelence_history_bytes") == len(guest_text) + 2  # as sent: its header, its text
 
             received = {t: m("modelence_received_frames_total", type=t) for t in ("join", "leave", "ping", "message")}
             assert received == {"join": 6, "leave": 1, "ping": 1, "message": 0}
@@ -328,3 +328,31 @@ def test_metrics_endpoint_options_are_checked() -> None:
         MetricsEndpoint(bind="9100")
     assert str(MetricsEndpoint(bind="[::1]:9100").bind) == "[::1]:9100"
     assert MetricsEndpoint(bind="unix:/run/m.sock").bind is not None
+
+
+def test_the_history_counts_its_entries_and_bytes_as_they_change() -> None:
+    from modelence_trio import History
+    from modelence_trio._history import HistoryBook
+    from modelence_trio._wire import Outgoing
+    from modelence_trio.protocol import Since
+
+    book = HistoryBook()
+
+    def recount() -> tuple[int, int]:
+        kept = [text for channel in book._channels.values() for _, _, text in channel.entries]
+        return len(kept), sum(len(Outgoing.from_text(text).wire) for text in kept)
+
+    short, long = History(size=3, max_age=10.0), History(size=100, max_age=100.0)
+    for n in range(5):
+        book.record("a:1", f'"é{n}"', short, float(n))  # evicted past 3; non-ASCII: bytes, not characters
+        book.record("b:1", str(n) if n % 2 else f'"{"x" * 300 * n}"', long, float(n))  # 2- and 4-byte headers
+        assert (book.entries, book.bytes) == recount()
+    assert book.entries == 3 + 5
+    book.replay("a:1", Since(0, book.epoch), short, 13.5)
+    assert (book.entries, book.bytes) == recount()  # expired on the way: those of a:1 older than 3.5
+    assert book.entries == 1 + 5
+    book.sweep(200.0)  # both aged out whole
+    assert (book.entries, book.bytes) == (0, 0) == recount()
+    book.record("a:1", "1", short, 300.0)
+    book.reset("other", 10)
+    assert (book.entries, book.bytes) == (0, 0) == recount()

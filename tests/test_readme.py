@@ -93,3 +93,29 @@ async def test_the_presence_snippet(autojump_clock: trio.testing.MockClock) -> N
                     await trio.sleep(0.01)
             members = guest.presence("room:lobby").members
             assert members is not None and [(m.key, m.meta) for m in members] == [("u1", {"handle": "ann"})]
+
+
+async def test_the_metrics_health_and_dashboard_snippet(nursery: trio.Nursery) -> None:
+    from .metricsparse import get, scrape
+
+    code = readme_block("# metrics, health and the dashboard").replace("127.0.0.1:9100", "127.0.0.1:0")
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    app: App = namespace["app"]
+    main, internal = await nursery.start(app.serve, "127.0.0.1", 0)
+    assert (await scrape(internal + "/metrics"))("modelence_ready") == 1
+    assert (await get(main + "/metrics"))[0] == 404  # there, and only there
+    assert (await get(main + "/readyz"))[0] == 200
+    assert (await get(main + "/_modelence/dashboard?token=alice"))[0] == 200
+    assert (await get(main + "/_modelence/dashboard?token=bob"))[0] == 403
+
+
+async def test_the_embedded_metrics_snippet(nursery: trio.Nursery, capsys: pytest.CaptureFixture[str]) -> None:
+    code = readme_block("# metrics for an embedded hub").replace("8000", "0").replace("9100", "0")
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    with trio.move_on_after(2):
+        await namespace["main"]()
+    hub: Hub = namespace["hub"]
+    assert "modelence_connections 0.0" in capsys.readouterr().out
+    assert hub.metrics.get_sample_value("modelence_ready") == 0  # stopped with main
