@@ -30,19 +30,21 @@ class RepeatFilter(logging.Filter):
     """Lets the first of identical records through, and drops the same line
     (logger, level and formatted message) again within ``interval`` seconds;
     the next one let through says how many were dropped. Records below
-    ``level`` always pass. At most ``capacity`` distinct lines are
-    remembered (the oldest forgotten first), so its memory is bounded.
+    ``level`` (default: errors) always pass: the library's warnings are
+    already once per event (an outage is one line when it starts, one when
+    it ends). At most ``capacity`` distinct lines are remembered (the oldest
+    forgotten first), so its memory is bounded.
 
-    For errors that repeat on every request or every retry (a database that
-    is down, an app's hook that always fails): one line per interval, not a
-    flood.
+    For errors that repeat on every request or every frame (an app's hook
+    that always fails, an authenticator whose database is down): one line
+    per interval, not a flood.
     """
 
     def __init__(
         self,
         interval: float = 10.0,
         *,
-        level: int = logging.WARNING,
+        level: int = logging.ERROR,
         capacity: int = 256,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -83,7 +85,7 @@ class RepeatFilter(logging.Filter):
 
 
 def quiet_repeated_errors(interval: float = 10.0) -> None:
-    """Fold repeated identical warnings and errors of the library's loggers
+    """Fold repeated identical errors of the library's loggers
     (:class:`RepeatFilter`). Idempotent; ``Hub.run`` calls it."""
     for name in LOGGERS:
         log = logging.getLogger(name)

@@ -34,7 +34,9 @@ def test_repeated_identical_errors_are_folded_into_one_line_per_interval() -> No
         assert not folding.filter(_record("MongoDB unreachable: %s", "timeout"))
     assert folding.filter(_record("MongoDB unreachable: %s", "refused"))  # another line passes
     assert folding.filter(_record("MongoDB unreachable: %s", "timeout", name="modelence_trio.fanout"))  # another logger
-    assert folding.filter(_record("MongoDB unreachable: %s", "timeout", level=logging.WARNING))  # another level
+    assert folding.filter(_record("MongoDB unreachable: %s", "timeout", level=logging.CRITICAL))  # another level
+    for _ in range(3):  # warnings are never folded
+        assert folding.filter(_record("MongoDB unreachable: %s", "timeout", level=logging.WARNING))
     now[0] += 5.0  # 10 s after the first
     again = _record("MongoDB unreachable: %s", "timeout")
     assert folding.filter(again)
