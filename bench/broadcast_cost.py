@@ -31,6 +31,7 @@ class Delivery:
 class _Counting:
     def __init__(self) -> None:
         self.received = 0
+        self.delivered_frames = self.delivered_bytes = 0
 
     def send(self, frame: Any) -> None:
         self.received += 1

@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/fanout.py                  # all workloads
     .venv/bin/python bench/fanout.py --workloads w1,w4 --n 500
+    .venv/bin/python bench/fanout.py --workloads w1,w3 --variants before,after,scraped --before /tmp/base \
+        --reps 5                                      # metrics: another commit, this one, scraped every 1 s
 
 Starts ``bench/peer_server.py`` (the real ``serve_websocket`` path) pinned to
 CPU 0 and drives it from this process pinned to CPU 1 with a minimal raw
@@ -25,6 +27,7 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import trio
 from loadgen import become_load_generator, control, cpu_seconds, open_subscribers, rss_mib, running_server
@@ -89,14 +92,31 @@ async def idle(port: int, pid: int, conns: int) -> dict[str, object]:
     }
 
 
+#: ``--variants``: which server each run starts. ``before``: ``--before``'s checkout
+#: (another commit); ``after``: this one; ``scraped``: this one, building its
+#: ``/metrics`` exposition every second (``peer_server.py --scrape 1``).
+VARIANTS = ("after", "before", "scraped")
+
+
 async def run(args: argparse.Namespace) -> None:
-    for workload in args.workloads.split(","):
-        for transport in args.transports.split(","):
-            await run_one(args, workload, transport)
+    variants = args.variants.split(",")
+    if unknown := set(variants) - set(VARIANTS):
+        raise SystemExit(f"unknown variants {sorted(unknown)}: choose from {VARIANTS}")
+    if "before" in variants and args.before is None:
+        raise SystemExit("--variants before needs --before DIR (a checkout of the commit to compare with)")
+    for rep in range(args.reps):  # rep -> workload -> transport -> variant: drift hits every variant alike
+        for workload in args.workloads.split(","):
+            for transport in args.transports.split(","):
+                for variant in variants:
+                    await run_one(args, workload, transport, variant, rep)
 
 
-async def run_one(args: argparse.Namespace, workload: str, transport: str) -> None:
-    async with running_server(args.gc, transport) as (pid, port):
+async def run_one(
+    args: argparse.Namespace, workload: str, transport: str, variant: str = "after", rep: int = 0
+) -> None:
+    root = Path(args.before) if variant == "before" else None
+    extra = ("--scrape", "1") if variant == "scraped" else ()
+    async with running_server(args.gc, transport, *extra, root=root) as (pid, port):
         n = args.n
         if workload == "w1":
             result = await fan_out(port, pid, ["chat:room1"] * n, args.m, f"channel=chat:room1&count={args.m}&rate=0")
@@ -111,7 +131,8 @@ async def run_one(args: argparse.Namespace, workload: str, transport: str) -> No
             result = await idle(port, pid, args.conns)
         else:
             raise SystemExit(f"unknown workload {workload!r}")
-        print(workload, transport, json.dumps(result), flush=True)
+        label = f"{variant} rep{rep}" if args.variants != "after" else ""
+        print(workload, transport, *([label] if label else []), json.dumps(result), flush=True)
 
 
 def main() -> None:
@@ -127,6 +148,9 @@ def main() -> None:
     parser.add_argument(
         "--transports", default="trio-websocket,hypercorn", help="comma-separated: trio-websocket, hypercorn"
     )
+    parser.add_argument("--variants", default="after", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    parser.add_argument("--before", metavar="DIR", help="a checkout of the commit the 'before' variant runs")
+    parser.add_argument("--reps", type=int, default=1, help="repetitions of everything, interleaved")
     args = parser.parse_args()
     become_load_generator()
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} cpus={os.cpu_count()} python={sys.version.split()[0]}", flush=True)

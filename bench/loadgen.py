@@ -182,15 +182,22 @@ def free_port() -> int:
 
 @asynccontextmanager
 async def running_server(
-    gc_mode: str = "tuned", transport: str = "trio-websocket", *extra: str, cpu: int | None = 0
+    gc_mode: str = "tuned",
+    transport: str = "trio-websocket",
+    *extra: str,
+    cpu: int | None = 0,
+    root: Path | None = None,
 ) -> AsyncIterator[tuple[int, int]]:
     """Run ``peer_server.py`` on a free port, pinned to ``cpu`` (``None``: not
-    pinned); yields its pid and port once it accepts connections, and stops it afterwards."""
+    pinned); yields its pid and port once it accepts connections, and stops it afterwards.
+    ``root``: another checkout (another commit), whose ``bench/peer_server.py``
+    runs with that checkout's ``modelence_trio`` (``PYTHONPATH``)."""
     port = free_port()
+    env = None if root is None else {**os.environ, "PYTHONPATH": str(root)}
     server = subprocess.Popen(
         [
             sys.executable,
-            str(HERE / "peer_server.py"),
+            str((root / "bench" if root is not None else HERE) / "peer_server.py"),
             "--port",
             str(port),
             "--gc",
@@ -201,6 +208,7 @@ async def running_server(
         ],
         preexec_fn=lambda: pin(cpu),
         stdout=subprocess.DEVNULL,
+        env=env,
     )
     try:
         for _ in range(200):

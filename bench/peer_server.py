@@ -193,6 +193,16 @@ def tune_gc(gc_mode: str) -> None:
         gc.set_threshold(100_000, 50, 1000)
 
 
+async def scrape_every(hub: Hub, seconds: float) -> None:
+    """What a Prometheus scraper costs the server: the exposition of ``hub.metrics``
+    built every ``seconds`` (``--scrape``), in the server's own Trio thread."""
+    from prometheus_client import generate_latest
+
+    while True:
+        await trio.sleep(seconds)
+        generate_latest(hub.metrics)
+
+
 async def main(
     port: int,
     gc_mode: str,
@@ -200,6 +210,7 @@ async def main(
     poll_interval: float = 0.05,
     ttl: float = 60,
     ttl_index: bool = False,
+    scrape: float = 0.0,
 ) -> None:
     fanout = None
     if mongodb_uri:
@@ -222,10 +233,12 @@ async def main(
     async with trio.open_nursery() as nursery:
         if fanout is not None or "--presence" in sys.argv or "--run-hub" in sys.argv:
             await nursery.start(hub.run)  # ready once the fan-out is; runs its writer and poller, presence
+        if scrape > 0:
+            nursery.start_soon(scrape_every, hub, scrape)
         await trio.serve_listeners(handler, listeners)
 
 
-async def main_hypercorn(port: int, gc_mode: str) -> None:
+async def main_hypercorn(port: int, gc_mode: str, scrape: float = 0.0) -> None:
     """The same, with the App under hypercorn: what `modelence-trio` and
     `hypercorn --worker-class trio` run."""
     app = App(
@@ -251,7 +264,11 @@ async def main_hypercorn(port: int, gc_mode: str) -> None:
     config.backlog = 4096
     tune_gc(gc_mode)
     print(f"modelence-trio peer server (hypercorn) on port {port} (gc={gc_mode})", flush=True)
-    await hypercorn.trio.serve(asgi, config, mode="asgi")  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        if scrape > 0:
+            nursery.start_soon(scrape_every, app.hub, scrape)
+        await hypercorn.trio.serve(asgi, config, mode="asgi")  # type: ignore[arg-type]
+        nursery.cancel_scope.cancel()
 
 
 if __name__ == "__main__":
@@ -266,9 +283,14 @@ if __name__ == "__main__":
     parser.add_argument("--ttl-index", action="store_true", help="expire them with MongoDB's TTL index")
     parser.add_argument("--presence", action="store_true", help="chat:* channels have presence (anonymous members)")
     parser.add_argument("--run-hub", action="store_true", help="run the hub's background work (heartbeats)")
+    parser.add_argument(
+        "--scrape", type=float, default=0.0, metavar="SECONDS", help="build the /metrics exposition every SECONDS"
+    )
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
         if args.transport == "hypercorn":
-            trio.run(main_hypercorn, args.port, args.gc)
+            trio.run(main_hypercorn, args.port, args.gc, args.scrape)
         else:
-            trio.run(main, args.port, args.gc, args.mongodb_uri, args.poll_interval, args.ttl, args.ttl_index)
+            trio.run(
+                main, args.port, args.gc, args.mongodb_uri, args.poll_interval, args.ttl, args.ttl_index, args.scrape
+            )

@@ -30,9 +30,11 @@ from ._client import (
 from ._config import HubConfig
 from ._fanout import FanoutNotStored, FanoutOverflow, FanoutStatistics, MongoFanout
 from ._history import History
-from ._hub import Hub, HubStatistics
+from ._hub import Hub, HubStatistics, Readiness
 from ._methods import MethodContext, MethodError
+from ._metrics import serve_metrics
 from ._mongo_auth import MongoSessionAuthenticator
+from ._ops import MetricsEndpoint
 from ._presence import Presence
 from ._serve import serve_websocket
 from .protocol import CloseCode, ErrorCode, PresenceMember
@@ -65,6 +67,7 @@ __all__ = [
     "MethodContext",
     "MethodError",
     "MethodFailed",
+    "MetricsEndpoint",
     "Module",
     "MongoFanout",
     "MongoSessionAuthenticator",
@@ -72,11 +75,13 @@ __all__ = [
     "PresenceMember",
     "PresenceSnapshot",
     "PublishRejected",
+    "Readiness",
     "RequestFailed",
     "ServerChannel",
     "SessionChecker",
     "User",
     "open_client",
+    "serve_metrics",
     "serve_websocket",
 ]
 

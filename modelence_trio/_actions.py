@@ -18,6 +18,7 @@ import trio
 from ._auth import Identity
 from ._channel import ChannelContext, PublishRejected, ServerChannel
 from ._connection import Connection
+from ._counters import OTHER
 from ._methods import Failed, MethodContext, MethodTable, run_method
 from ._router import Router
 from ._session import Answer, Close
@@ -45,6 +46,15 @@ __all__ = ["Actions"]
 
 logger = logging.getLogger("modelence_trio")
 
+#: ``modelence_received_frames_total{type}`` of each parsed client frame.
+_FRAME_TYPES: dict[type, str] = {
+    Join: "join",
+    Leave: "leave",
+    Publish: "message",
+    Ping: "ping",
+    PresenceQuery: "presence",
+}
+
 
 class Actions:
     """The frame handling of one hub (its ``Router`` holds what it acts on)."""
@@ -54,6 +64,7 @@ class Actions:
         self.tracker = tracker
         #: The App's methods, for ``call`` frames (``None``: a bare hub has none).
         self.methods: MethodTable | None = None
+        self.counters = router.counters
 
     async def handle(self, conn: Connection, message: str | bytes) -> None:
         """Act on one client message; a failure closes this connection (1011, logged once)."""
@@ -64,18 +75,32 @@ class Actions:
             conn.fail(CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _act(self, conn: Connection, message: str | bytes) -> None:
-        frame = conn.session.receive(message, trio.current_time())
+        session, counters = conn.session, self.counters
+        received = session.received_bytes
+        frame = session.receive(message, trio.current_time())
+        counters.received_bytes += session.received_bytes - received
         if isinstance(frame, Close):
+            counters.received["too_big"] += 1
             conn.fail(frame.code, frame.reason)
         elif isinstance(frame, Answer):
-            conn.reply(frame.frame)
+            reply = frame.frame
+            counters.bad_frames[reply.code] += 1
+            if isinstance(reply, JoinError):  # a join with a malformed channel name
+                counters.received["join"] += 1
+                counters.joins[OTHER, reply.code] += 1
+            else:
+                counters.received["malformed"] += 1
+            conn.reply(reply)
             if frame.then_close is not None:
                 conn.fail(frame.then_close.code, frame.then_close.reason)
-        elif isinstance(frame, Join):
+            return
+        counters.received[_FRAME_TYPES.get(type(frame), "malformed")] += 1
+        if isinstance(frame, Join):
             await self._join(conn, frame)
         elif isinstance(frame, Leave):
             if self.router.registry.unsubscribe(conn, frame.channel):
                 self.tracker.leave(conn, frame.channel)
+                counters.leaves[self._category(frame.channel), "leave"] += 1
             conn.reply(Left(frame.channel, frame.ref))
         elif isinstance(frame, Publish):
             await self._publish(conn, frame)
@@ -86,6 +111,11 @@ class Actions:
         elif isinstance(frame, Call):
             await self._call(conn, frame)
 
+    def _category(self, channel: str) -> str:
+        """The category label of ``channel``: a declared category, or ``OTHER``."""
+        category = channel.partition(":")[0]
+        return category if category in self.router.channels else OTHER
+
     def _context(self, conn: Connection, channel: str) -> tuple[ServerChannel[Any] | None, ChannelContext]:
         # The codec has validated the name against this hub's limits already.
         category, _, channel_id = channel.partition(":")
@@ -94,10 +124,13 @@ class Actions:
     async def _join(self, conn: Connection, frame: Join) -> None:
         router, registry = self.router, self.router.registry
         server_channel, ctx = self._context(conn, frame.channel)
+        joins = self.counters.joins
         if server_channel is None:
             why = f"no channel category {ctx.category!r}"
+            joins[OTHER, ErrorCode.UNKNOWN_CHANNEL] += 1
             conn.reply(JoinError(frame.channel, ErrorCode.UNKNOWN_CHANNEL, why, frame.ref))
             return
+        category = server_channel.category
         history = router.history_of(server_channel)
         presence = server_channel.presence
         # Already joined: it missed nothing (if the channel keeps a history at all).
@@ -106,9 +139,11 @@ class Actions:
         if not registry.is_subscribed(conn, frame.channel):
             refusal = conn.session.admit_join(frame.channel, frame.ref, registry.count_of(conn), trio.current_time())
             if refusal is not None:
+                joins[category, refusal.code] += 1
                 conn.reply(refusal)
                 return
             if not await self._allows(server_channel, ctx, "denying"):
+                joins[category, ErrorCode.ACCESS_DENIED] += 1
                 conn.reply(JoinError(frame.channel, ErrorCode.ACCESS_DENIED, "Access denied", frame.ref))
                 return
             if conn.close_reason is not None:
@@ -130,21 +165,25 @@ class Actions:
             registry.subscribe(conn, frame.channel)
             if key is not None:
                 self.tracker.join(conn, frame.channel, key, meta)
+        joins[category, "ok"] += 1
         histories = router.histories
         position = (histories.last, histories.epoch) if history is not None else (None, None)
         conn.reply(Joined(frame.channel, frame.ref, recovered, *position))
         if presence is not None:
-            conn.send(self.tracker.state(frame.channel, presence))
+            conn.send_own(self.tracker.state(frame.channel, presence))
         for out in replay:
-            conn.send(out)
+            conn.send_own(out)
 
     async def _call(self, conn: Connection, frame: Call) -> None:
         """A method called over the socket: the caller is the connection's
-        identity, the rate limit the App's, the outcome what HTTP would say."""
+        identity, the rate limit the App's, the outcome what HTTP would say
+        (and counted as the HTTP endpoint's calls are)."""
+        started = trio.current_time()
         table = self.methods
         method = table.methods.get(frame.method) if table is not None else None
         if method is None:
             conn.reply(ErrorFrame(ErrorCode.UNKNOWN_METHOD, f"no method named {frame.method!r}", frame.ref, 404))
+            self.counters.method_call(OTHER, 404, trio.current_time() - started)
             return
         assert table is not None
         if table.rate_limit is not None:
@@ -152,14 +191,17 @@ class Actions:
             wait = table.rate_limit.retry_after(f"user:{user.id}" if user is not None else f"connection:{conn.id}")
             if wait is not None:
                 conn.reply(ErrorFrame(ErrorCode.RATE_LIMITED, f"too many calls; retry in {wait} s", frame.ref, 429))
+                self.counters.method_call(frame.method, 429, trio.current_time() - started)
                 return
         outcome = await run_method(method, frame.method, frame.args, MethodContext(conn.identity, frame.method))
+        status = outcome.status if isinstance(outcome, Failed) else 200
+        self.counters.method_call(frame.method, status, trio.current_time() - started)
         if conn.close_reason is not None:
             return
         if isinstance(outcome, Failed):
             conn.reply(ErrorFrame(outcome.code, outcome.message, frame.ref, outcome.status))
         else:
-            conn.send(Outgoing.from_text(result_frame(outcome, frame.ref)))
+            conn.send_own(Outgoing.from_text(result_frame(outcome, frame.ref)))
 
     def _presence(self, conn: Connection, frame: PresenceQuery) -> None:
         presence = self.tracker.options(frame.channel)
@@ -172,7 +214,7 @@ class Actions:
         elif (refusal := conn.session.admit_presence(frame.ref, trio.current_time())) is not None:
             conn.reply(refusal)
         else:
-            conn.send(self.tracker.state(frame.channel, presence, frame.ref))
+            conn.send_own(self.tracker.state(frame.channel, presence, frame.ref))
 
     async def _publish(self, conn: Connection, frame: Publish) -> None:
         server_channel, ctx = self._context(conn, frame.channel)
@@ -213,6 +255,7 @@ class Actions:
             allowed = server_channel is not None and await self._allows(server_channel, ctx, "leaving it")
             if not allowed and registry.unsubscribe(conn, channel):
                 self.tracker.leave(conn, channel)
+                self.counters.leaves[self._category(channel), "revoked"] += 1
                 conn.reply(Left(channel, None, "access revoked"))
 
     @staticmethod

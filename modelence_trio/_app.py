@@ -8,7 +8,9 @@ import logging
 import math
 import mimetypes
 import os
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,15 +25,22 @@ from ._auth import Authenticator
 from ._backend import FanoutBackend
 from ._channel import ServerChannel
 from ._config import HubConfig
+from ._counters import OTHER
+from ._dashboard import CATEGORY as DASHBOARD_CATEGORY
+from ._dashboard import PAGE_PATH as DASHBOARD_PATH
+from ._dashboard import SCRIPT_PATH as DASHBOARD_SCRIPT
+from ._dashboard import asset as dashboard_asset
+from ._dashboard import dashboard_channel, run_dashboard
 from ._fanout import MongoFanout
 from ._hub import Hub
 from ._listen import bind_listener
 from ._methods import HttpResponse, Method, MethodRateLimit, MethodTable, call_method, typed_method
+from ._ops import Bind, MetricsEndpoint, healthz, metrics_response, readyz, require_role
 
 if TYPE_CHECKING:
     from ._fanout import MongoTarget
 
-__all__ = ["App", "Module"]
+__all__ = ["App", "MetricsEndpoint", "Module"]
 
 logger = logging.getLogger("modelence_trio")
 
@@ -96,6 +105,15 @@ class App:
     behave as one server (docs/fanout.md); without, broadcasts stay in this
     process.
 
+    Operations (README, Observability): ``healthz_path`` (default
+    ``/healthz``: 200 while the process serves) and ``readyz_path`` (default
+    ``/readyz``: 200 or 503 with what is not ready; 503 first on a graceful
+    shutdown), ``None`` to turn either off; ``metrics`` (default ``None``:
+    no ``/metrics``; a :class:`MetricsEndpoint` says where and for whom);
+    ``dashboard_role`` (default ``None``: no dashboard), the role that may
+    open the live dashboard at ``/_modelence/dashboard``. These paths come
+    before ``static_dir``.
+
     Example::
 
         chat = ServerChannel("chat")
@@ -117,6 +135,10 @@ class App:
         methods_per_second: float | None = 50.0,
         mongodb: MongoTarget | None = None,
         fanout: FanoutBackend | None = None,
+        metrics: MetricsEndpoint | None = None,
+        dashboard_role: str | None = None,
+        healthz_path: str | None = "/healthz",
+        readyz_path: str | None = "/readyz",
     ) -> None:
         self.modules = tuple(modules)
         channels: dict[str, str] = {}
@@ -142,6 +164,17 @@ class App:
                 raise ValueError("give the App mongodb or fanout, not both")
             fanout = MongoFanout(mongodb)
         every_channel = [c for m in self.modules for c in m.channels]
+        if dashboard_role is not None:
+            if DASHBOARD_CATEGORY in channels:
+                raise ValueError(f"the channel category {DASHBOARD_CATEGORY!r} is the dashboard's")
+            every_channel.append(dashboard_channel(dashboard_role))
+        for path in (healthz_path, readyz_path):
+            if path is not None and not path.startswith("/"):
+                raise ValueError(f"a health path must start with '/': {path!r}")
+        self.dashboard_role = dashboard_role
+        self.healthz_path = healthz_path
+        self.readyz_path = readyz_path
+        self.metrics = metrics
         self.hub = Hub(every_channel, authenticator=authenticator, config=config, fanout=fanout)
         self.websocket_path = websocket_path
         self.static_dir = Path(static_dir).resolve() if static_dir is not None else None
@@ -157,6 +190,22 @@ class App:
     def methods(self) -> tuple[str, ...]:
         return tuple(self._methods)
 
+    @property
+    def metrics(self) -> MetricsEndpoint | None:
+        """Where and for whom ``/metrics`` is served (``None``: it is not)."""
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, endpoint: MetricsEndpoint | None) -> None:
+        """Change it before the app serves (``modelence-trio --metrics-bind`` does)."""
+        self._metrics = endpoint
+        #: The metrics bind as it listens (its port, once ``serve`` bound port 0).
+        self._metrics_bind: Bind | None = endpoint.bind if endpoint is not None else None
+        bind_paths = {self.healthz_path, self.readyz_path, endpoint.path if endpoint is not None else None}
+        self._metrics_bind_paths = frozenset(path for path in bind_paths if path is not None)
+        paths = bind_paths | ({DASHBOARD_PATH, DASHBOARD_SCRIPT} if self.dashboard_role is not None else set())
+        self._ops_paths = frozenset(path for path in paths if path is not None)
+
     # --- serving it ---------------------------------------------------------------
 
     async def serve(
@@ -170,19 +219,22 @@ class App:
         """Serve the app with hypercorn in this Trio program.
 
         ``nursery.start(app.serve, host, port)`` returns the URLs it listens
-        on (port 0 picks a free one). The port is bound before anything else
-        starts, so a busy one raises ``OSError`` (``errno.EADDRINUSE``) at
-        once, unwrapped, with the hub not started.
+        on (port 0 picks a free one), the metrics bind's last if it has one.
+        The port is bound before anything else starts, so a busy one raises
+        ``OSError`` (``errno.EADDRINUSE``) at once, unwrapped, with the hub
+        not started.
 
-        When ``shutdown_trigger`` returns, the shutdown is graceful: new
-        WebSockets get 503, every connection flushes what is queued and
-        closes with 1001, HTTP requests under way are answered (all within
-        ``HubConfig.shutdown_grace``), and then the server stops at once:
-        nothing else is waited for (hypercorn's own ``graceful_timeout``
-        would otherwise keep every closed WebSocket's ping task, and so the
-        whole server, alive for up to its length). With nothing queued that
-        is well under a second. Cancelling this task shuts down the same
-        way, but the server stops listening at once.
+        When ``shutdown_trigger`` returns, the shutdown is graceful
+        (:meth:`drain`): ``/readyz`` answers 503 at once; after
+        ``HubConfig.drain_delay`` new WebSockets get 503 and every connection
+        flushes what is queued and closes with 1001, HTTP requests under way
+        are answered (all within ``HubConfig.shutdown_grace``), and then the
+        server stops at once: nothing else is waited for (hypercorn's own
+        ``graceful_timeout`` would otherwise keep every closed WebSocket's
+        ping task, and so the whole server, alive for up to its length).
+        With nothing queued and no drain delay that is well under a second.
+        Cancelling this task shuts down the same way, but at once, and the
+        server stops listening at once.
 
         Raises:
             OSError: ``host:port`` cannot be bound (see ``errno``).
@@ -190,6 +242,9 @@ class App:
         listener = bind_listener(host, port)
         config = hypercorn.config.Config()
         config.bind = [f"fd://{listener.detach()}"]  # hypercorn listens on it
+        metrics_bind = self.metrics.bind if self.metrics is not None else None
+        if metrics_bind is not None:
+            config.bind.append(str(metrics_bind))
         config.websocket_max_message_size = self.hub.config.max_frame_size
         config.websocket_ping_interval = self.hub.config.heartbeat_interval
         # A connection that sends nothing (no request, no body, no pong to
@@ -212,22 +267,29 @@ class App:
             # returns, as the deadline for its connections.
             config.graceful_timeout = 0
 
-        await hypercorn.trio.serve(
-            self,  # type: ignore[arg-type]  # hypercorn's Framework type wants its own TypedDicts
-            config,
-            shutdown_trigger=drain_then_stop,
-            task_status=task_status,
-            mode="asgi",
-        )
+        async with trio.open_nursery() as nursery:
+            serving = partial(
+                hypercorn.trio.serve,
+                self,  # type: ignore[arg-type]  # hypercorn's Framework type wants its own TypedDicts
+                config,
+                shutdown_trigger=drain_then_stop,
+                mode="asgi",
+            )
+            urls: list[str] = await nursery.start(serving)
+            if metrics_bind is not None and metrics_bind.port == 0:
+                self._metrics_bind = Bind.parse(urls[-1].removeprefix("http://"))  # the port it got
+            task_status.started(urls)
 
     async def drain(self) -> None:
-        """Shut the hub down (new WebSockets get 503; each connection flushes
-        and closes with 1001) and wait until every WebSocket has closed and
-        every HTTP request under way has been answered, at most
-        ``shutdown_grace`` (plus ``close_timeout`` for a write that was cut
-        off at that deadline). What ``serve`` does when its trigger returns;
-        for another ASGI server, call it from that server's shutdown hook."""
-        self.hub.begin_shutdown()
+        """Shut the hub down in order (``Hub.drain``: ``/readyz`` answers 503
+        first; after ``drain_delay`` new WebSockets get 503 and each
+        connection flushes and closes with 1001) and wait until every
+        WebSocket has closed and every HTTP request under way has been
+        answered, at most ``shutdown_grace`` (plus ``close_timeout`` for a
+        write that was cut off at that deadline). What ``serve`` does when its
+        trigger returns; for another ASGI server, call it from that server's
+        shutdown hook."""
+        await self.hub.drain()
         with trio.move_on_after(self.hub.config.shutdown_grace + self.hub.config.close_timeout):
             while self.hub.statistics().connections or self._http_requests:
                 await trio.sleep(0.01)
@@ -243,7 +305,7 @@ class App:
             finally:
                 self._http_requests -= 1
         elif kind == "websocket":
-            if scope["path"] != self.websocket_path:
+            if scope["path"] != self.websocket_path or self._on_metrics_bind(scope):
                 await send({"type": "websocket.close", "code": 1008, "reason": "no WebSocket endpoint here"})
                 return
             if not self.hub.running:
@@ -260,38 +322,61 @@ class App:
         async with trio.open_nursery() as nursery:
             if not self.hub.running:  # else it is shared, and run by its owner
                 await nursery.start(self.hub.run)
+            if self.dashboard_role is not None:
+                nursery.start_soon(run_dashboard, self.hub)
             await send({"type": "lifespan.startup.complete"})
             await receive()  # lifespan.shutdown
             nursery.cancel_scope.cancel()
         await send({"type": "lifespan.shutdown.complete"})
 
+    def _on_metrics_bind(self, scope: Scope) -> bool:
+        """Whether the request came in on the metrics bind (which serves nothing else)."""
+        bind = self._metrics_bind
+        return bind is not None and bind.serves(scope.get("server"))
+
+    async def _ops(self, scope: Scope, path: str) -> HttpResponse | None:
+        """The response for an operations path, or ``None`` if ``path`` is not one."""
+        metrics = self.metrics
+        if path == self.healthz_path:
+            return healthz()
+        if path == self.readyz_path:
+            return readyz(self.hub)
+        headers, target = list(scope["headers"]), _target(scope)
+        if metrics is not None and path == metrics.path:
+            if metrics.bind is not None and not self._on_metrics_bind(scope):
+                return HttpResponse(404, b"not found")
+            return await metrics_response(self.hub, metrics, target, headers)
+        if self.dashboard_role is not None and path == DASHBOARD_PATH:
+            refusal = await require_role(self.hub, self.dashboard_role, target, headers)
+            if refusal is not None:
+                return refusal
+            return HttpResponse(200, dashboard_asset("dashboard.html"), _DASHBOARD_HEADERS)
+        if self.dashboard_role is not None and path == DASHBOARD_SCRIPT:
+            return _static(dashboard_asset("dashboard.js"), "text/javascript")
+        return None
+
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         verb: str = scope["method"]
-        if path.startswith(METHOD_PREFIX):
-            if verb != "POST":
-                response = HttpResponse(405, b"methods are called with POST", ((b"allow", b"POST"),))
+        on_metrics_bind = self._on_metrics_bind(scope)
+        if on_metrics_bind or path in self._ops_paths:
+            if on_metrics_bind and path not in self._metrics_bind_paths:
+                response = HttpResponse(404, b"not found")  # the metrics bind serves nothing else
+            elif verb not in ("GET", "HEAD"):
+                response = HttpResponse(405, b"method not allowed", ((b"allow", b"GET, HEAD"),))
             else:
-                body: bytes | int | None = None
-                with trio.move_on_after(self.request_timeout):
-                    body = await _read_body(receive, self.max_request_size)
-                if body is None:
-                    response = HttpResponse(408, b"the request body did not arrive in time")
-                elif isinstance(body, int):
-                    response = HttpResponse(413, b"request body too large")
-                else:
-                    name = path.removeprefix(METHOD_PREFIX)
-                    client = scope.get("client")
-                    response = await call_method(
-                        self.hub,
-                        self._methods,
-                        name,
-                        scope["headers"],
-                        body,
-                        client=str(client[0]) if client else None,
-                        rate_limit=self._rate_limit,
-                    )
-        elif verb not in ("GET", "HEAD"):
+                response = await self._ops(scope, path) or HttpResponse(404, b"not found")
+            await _respond(send, response, head=verb == "HEAD")
+            return
+        if path.startswith(METHOD_PREFIX):
+            started = time.perf_counter()
+            response = await self._method(scope, receive, path, verb)
+            name = path.removeprefix(METHOD_PREFIX)
+            label = name if name in self._methods else OTHER
+            self.hub.counters.method_call(label, response.status, time.perf_counter() - started)
+            await _respond(send, response, head=verb == "HEAD")
+            return
+        if verb not in ("GET", "HEAD"):
             response = HttpResponse(405, b"method not allowed", ((b"allow", b"GET, HEAD"),))
         else:
             found = self._file(path)
@@ -300,6 +385,27 @@ class App:
                 return
             response = found
         await _respond(send, response, head=verb == "HEAD")
+
+    async def _method(self, scope: Scope, receive: Receive, path: str, verb: str) -> HttpResponse:
+        if verb != "POST":
+            return HttpResponse(405, b"methods are called with POST", ((b"allow", b"POST"),))
+        body: bytes | int | None = None
+        with trio.move_on_after(self.request_timeout):
+            body = await _read_body(receive, self.max_request_size)
+        if body is None:
+            return HttpResponse(408, b"the request body did not arrive in time")
+        if isinstance(body, int):
+            return HttpResponse(413, b"request body too large")
+        client = scope.get("client")
+        return await call_method(
+            self.hub,
+            self._methods,
+            path.removeprefix(METHOD_PREFIX),
+            scope["headers"],
+            body,
+            client=str(client[0]) if client else None,
+            rate_limit=self._rate_limit,
+        )
 
     def _file(self, path: str) -> HttpResponse | Path:
         """The response for ``GET path``, or the static file to stream."""
@@ -322,6 +428,28 @@ class App:
         except (OSError, ValueError):
             return not_found
         return target
+
+
+#: The dashboard page: never cached, never framed, never a referrer (its URL may carry ``?token=``).
+_DASHBOARD_HEADERS = (
+    (b"content-type", b"text/html; charset=utf-8"),
+    (b"cache-control", b"no-store"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; "
+        b"img-src 'self'; frame-ancestors 'none'; base-uri 'none'",
+    ),
+)
+
+
+def _target(scope: Scope) -> str:
+    """The request target (path and query), as a handshake's: the token may be in the query."""
+    target: str = scope.get("path", "/")
+    if scope.get("query_string"):
+        target += "?" + scope["query_string"].decode("latin-1")
+    return target
 
 
 @functools.cache

@@ -55,6 +55,8 @@ class AsgiTransport:
         self._reading = False
         self._reader = trio.CancelScope()
         self.overflowed = False
+        #: The close code the server reported (``websocket.disconnect``), or 1009 after an overflow.
+        self.close_code: int | None = None
         self._fast = _hypercorn.attach(send, max_message_bytes, self._on_overflow)
 
     async def accept(self) -> None:
@@ -65,6 +67,7 @@ class AsgiTransport:
     def _on_overflow(self) -> None:
         # hypercorn has sent 1009 and drops what follows: the connection is over.
         self.overflowed = self._closed = True
+        self.close_code = CloseCode.MESSAGE_TOO_BIG
         self._reader.cancel()
 
     async def run(self, on_message: Callable[[str | bytes], Awaitable[None]]) -> None:
@@ -88,6 +91,9 @@ class AsgiTransport:
         kind = event["type"]
         if kind == "websocket.disconnect":
             self._closed = True
+            if self.close_code is None:
+                code = event.get("code")
+                self.close_code = code if isinstance(code, int) else None
             self._disconnected.set()
             return None
         if kind != "websocket.receive":

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, NoReturn, Protocol
 import attrs
 import trio
 
+from ._counters import HistogramSnapshot
 from .protocol import encode_data
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ __all__ = [
     "FanoutStatistics",
     "Receipt",
     "deliver_stored",
+    "peer_ages",
 ]
 
 logger = logging.getLogger("modelence_trio.fanout")
@@ -60,6 +62,17 @@ def deliver_stored(items: Iterable[Stored], sink: FanoutSink, *, ordered: bool) 
             continue
         batch.append((item.channel, body, item.seq))
     return sink.deliver_batch(batch, ordered=ordered) if batch else 0
+
+
+def peer_ages(peers: dict[str, float]) -> tuple[tuple[str, float], ...]:
+    """Other instances (a ``Sequencer``'s ``peers``) and seconds since each
+    was last read from, newest first (``()`` outside Trio, whose clock the
+    times are on)."""
+    try:
+        now = trio.current_time()
+    except RuntimeError:
+        return ()
+    return tuple((peer, now - seen) for peer, seen in reversed(peers.items()))
 
 
 class FanoutOverflow(RuntimeError):
@@ -102,9 +115,9 @@ class Receipt:
 
 @attrs.frozen
 class FanoutStatistics:
-    pending: int  # broadcasts waiting to be stored
-    stored: int
-    delivered: int  # broadcasts of other instances delivered here
+    pending: int  # broadcasts waiting to be stored (the outage buffer's depth)
+    stored: int  # this instance's broadcasts stored (published to the others)
+    delivered: int  # broadcasts of other instances delivered here (received)
     skipped: int  # sequence numbers given up on (gaps; see docs/fanout.md)
     dropped: int  # broadcasts refused because the buffer was full
     write_failures: int
@@ -112,6 +125,16 @@ class FanoutStatistics:
     last_seq: int
     unstorable: int = 0  # broadcasts the backend cannot store (MongoDB: what BSON cannot hold)
     resets: int = 0  # times the database was found reset (a new sequence, docs/fanout.md)
+    duplicates: int = 0  # broadcasts read twice (a batch stored twice) and dropped
+    #: Since when (Trio's clock) the backend cannot reach its database; ``None``: it can.
+    outage_since: float | None = None
+    #: Seconds per poll of the database, and from a broadcast's store on
+    #: another instance to its read here (``createdAt``; clocks of instances
+    #: differ, so a few milliseconds either way); ``None``: not measured.
+    poll_seconds: HistogramSnapshot | None = None
+    delay_seconds: HistogramSnapshot | None = None
+    #: Other instances read from lately, as (their id, seconds since the last read).
+    peers: tuple[tuple[str, float], ...] = ()
 
 
 class FanoutBackend(Protocol):

@@ -5,6 +5,11 @@ instances through that MongoDB.
 A start-up failure the user can fix (a bad import path or option, a busy
 port, an invalid ``MONGODB_URI`` or one whose server does not answer) prints
 one line, ``modelence-trio: <what is wrong>``, and exits with status 2.
+
+The shutdown, in order (``Hub.drain``): the first SIGTERM or SIGINT makes
+``/readyz`` answer 503; ``--drain-delay`` seconds later new WebSockets are
+refused and every connection flushes and closes with 1001 (within the hub's
+``shutdown_grace``); then the process exits 0. A second signal stops at once.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import trio
 from ._app import App
 from ._fanout import MongoFanout
 from ._listen import describe_bind_error
+from ._logs import configure_logging
+from ._ops import Bind, MetricsEndpoint
 from ._startup import StartupError, environment_flag, load_app, parse_mongodb_uri, wait_for_mongodb
 
 __all__ = ["main"]
@@ -33,6 +40,8 @@ ORIGINS_VARIABLE = "MODELENCE_TRIO_ALLOWED_ORIGINS"
 ORDERED_VARIABLE = "MODELENCE_TRIO_ORDERED_FANOUT"
 #: Exit status of a start-up failure (as argparse's for a bad option).
 STARTUP_FAILED = 2
+
+logger = logging.getLogger("modelence_trio.cli")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -97,7 +106,26 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long to wait at start-up for MongoDB to answer before giving up (default: %(default)g)",
     )
+    parser.add_argument(
+        "--drain-delay",
+        type=_seconds,
+        metavar="SECONDS",
+        help="on SIGTERM, seconds between /readyz turning 503 and connections being closed, for a load "
+        "balancer to take this instance out first (default: the app's HubConfig.drain_delay, 0)",
+    )
+    parser.add_argument(
+        "--metrics-bind",
+        metavar="HOST:PORT",
+        help="also listen on this address (or unix:/path) and serve /metrics there, and only there, with "
+        "/healthz and /readyz (default: the app's own MetricsEndpoint; none: no /metrics)",
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="json: one JSON object per line, for log shippers (default: %(default)s)",
+    )
     return parser
 
 
@@ -114,6 +142,11 @@ def allow_origins(app: App, origins: Sequence[str]) -> None:
         except ValueError as exc:
             raise StartupError(str(exc)) from None
         app.hub.config = config
+
+
+def use_metrics_bind(app: App, bind: Bind) -> None:
+    """Serve ``/metrics`` on ``bind`` only (the app's path and role kept, if it had any)."""
+    app.metrics = attrs.evolve(app.metrics or MetricsEndpoint(), bind=bind)
 
 
 def use_mongodb(app: App, uri: str | None, *, ordered: bool) -> None:
@@ -157,7 +190,7 @@ async def serve(app: App, host: str, port: int, mongodb_wait: float = 30.0) -> N
 
             async def watch_signals() -> None:
                 async for signum in signals:
-                    print(f"{PROGRAM}: {signal.Signals(signum).name}, shutting down", file=sys.stderr, flush=True)
+                    logger.warning("%s: %s, shutting down", PROGRAM, signal.Signals(signum).name)
                     if stop.is_set() or not serving:
                         nursery.cancel_scope.cancel()
                     stop.set()
@@ -174,6 +207,9 @@ async def serve(app: App, host: str, port: int, mongodb_wait: float = 30.0) -> N
             except OSError as exc:
                 raise StartupError(describe_bind_error(exc, host, port)) from None
             serving = True
+            metrics = app.metrics
+            if metrics is not None and metrics.bind is not None:
+                print(f"{PROGRAM}: metrics on {urls.pop()}{metrics.path}", flush=True)
             for url in urls:
                 ws = url.replace("http", "ws", 1) + app.websocket_path
                 print(f"{PROGRAM}: serving on {url} (WebSocket: {ws})", flush=True)
@@ -219,9 +255,19 @@ def main(argv: Sequence[str] | None = None) -> None:
             typescript_main(argv[1:])
             return
         args = parser().parse_args(argv)
-        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        configure_logging(args.log_level, args.log_format)
         app = load_app(args.app)
         allow_origins(app, [*os.environ.get(ORIGINS_VARIABLE, "").split(","), *args.allowed_origin])
+        if args.drain_delay is not None:
+            try:
+                app.hub.config = attrs.evolve(app.hub.config, drain_delay=args.drain_delay)
+            except ValueError as exc:
+                raise StartupError(f"--drain-delay: {exc}") from None
+        if args.metrics_bind is not None:
+            try:
+                use_metrics_bind(app, Bind.parse(args.metrics_bind))
+            except ValueError as exc:
+                raise StartupError(f"--metrics-bind: {exc}") from None
         ordered = args.ordered_fanout or environment_flag(ORDERED_VARIABLE)
         use_mongodb(app, os.environ.get("MONGODB_URI"), ordered=ordered)
         trio.run(partial(serve, app, args.host, args.port, args.mongodb_wait))

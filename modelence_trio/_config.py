@@ -63,6 +63,15 @@ class HubConfig:
         presence_interval: seconds between an instance's presence heartbeats
             through the fan-out; an instance silent for three intervals (a
             crash, a partition) has its members removed everywhere else.
+        drain_delay: on a graceful shutdown (``Hub.drain``: ``modelence-trio``
+            on SIGTERM, ``App.serve``'s shutdown trigger), seconds between
+            ``/readyz`` turning 503 and connections being closed, for a load
+            balancer to stop sending new ones (default 0: at once; behind a
+            balancer that probes every few seconds, give it two probe periods).
+        fanout_outage_limit: seconds the fan-out may be unable to reach its
+            database before ``/readyz`` says not ready (default 30: longer
+            than a MongoDB primary election, so a routine failover does not
+            take every instance out of rotation at once). ``None``: never.
     """
 
     require_user: bool = False
@@ -90,6 +99,8 @@ class HubConfig:
     max_connections_per_address: int | None = 1000
     presence_window: float = 0.1
     presence_interval: float = 5.0
+    drain_delay: float = attrs.field(default=0.0, validator=attrs.validators.ge(0))
+    fanout_outage_limit: float | None = 30.0
 
 
 def session_limits(config: HubConfig) -> SessionLimits:

@@ -75,13 +75,17 @@ async def serve_request(hub: Hub, request: ConnectionRequest, served: ServedConn
     the close frame. ``served`` (the server's) holds that nursery while the
     connection is served, so a server can end just its own connections.
     """
+    counters = hub.counters
     if served is not None and served.stopping:
+        counters.refused[503] += 1
         await request.reject(503, "server shutting down")
         return
     try:
         async with hub.admit(request.target, request.headers, request.client) as identity:
             transport = await request.accept()
+            counters.accepted += 1
             if served is not None and served.stopping:  # the server stopped while this one was admitted
+                counters.closed[str(CloseCode.GOING_AWAY.value)] += 1
                 with trio.move_on_after(hub.config.close_timeout):
                     await transport.close(CloseCode.GOING_AWAY, "server shutting down")
                 return
@@ -95,6 +99,7 @@ async def serve_request(hub: Hub, request: ConnectionRequest, served: ServedConn
                         served.nurseries.discard(nursery)
                 nursery.cancel_scope.cancel()
     except HandshakeRejected as exc:
+        counters.refused[exc.status] += 1
         if exc.status == 401 and _from_browser(request.headers):
             # A page cannot read a refused handshake's status, only a close
             # frame's code and reason: it learns of its bad token so, instead

@@ -12,6 +12,7 @@ import attrs
 import trio
 
 from ._auth import Identity
+from ._counters import HubCounters
 from ._registry import Registry
 from ._session import Session, SessionLimits
 from ._transport import SendResult, Transport, TransportClosed
@@ -61,6 +62,15 @@ class Connection:
     ping_deadline: float = math.inf
     #: What this connection may do (limits, rates, malformed frames), sans-IO.
     session: Session = attrs.field(factory=lambda: Session(SessionLimits()))
+    #: The hub's counters (frames other than broadcasts are counted as they are sent).
+    counters: HubCounters = attrs.field(factory=HubCounters)
+    #: Frames and bytes of broadcasts delivered over ended subscriptions (the
+    #: registry adds them, per broadcast: ``send`` counts nothing).
+    delivered_frames: int = 0
+    delivered_bytes: int = 0
+    #: Frames other than broadcasts sent to it (welcome, replies, presence, replays), and their bytes.
+    own_frames: int = 0
+    own_bytes: int = 0
 
     @property
     def failed(self) -> bool:
@@ -101,7 +111,18 @@ class Connection:
             self.send(frame)
 
     def reply(self, frame: ServerFrame) -> None:
-        self.send(Outgoing.from_text(encode(frame)))
+        self.send_own(Outgoing.from_text(encode(frame)))
+
+    def send_own(self, frame: Outgoing) -> None:
+        """``send`` a frame of this connection's own (a reply, a presence
+        state, a replay), counted as it goes: not the broadcast path."""
+        size = len(frame.wire)
+        self.own_frames += 1
+        self.own_bytes += size
+        counters = self.counters
+        counters.sent_frames += 1
+        counters.sent_bytes += size
+        self.send(frame)
 
     def kick(self) -> None:
         """Make sure a writer runs: something is queued or held by the transport."""
@@ -136,7 +157,7 @@ class Connection:
         closed with ``code`` (bounded by ``close_timeout``, since a peer that
         does not read may not take the close frame either)."""
         if self.close_reason is None:
-            logger.info("closing connection %s: %s (%d)", self.id, reason, code)
+            logger.debug("closing connection %s: %s (%d)", self.id, reason, code)
             self.close_reason = (code, reason)
             self.registry.drop(self)
             self.queue.clear()

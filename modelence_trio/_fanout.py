@@ -36,7 +36,16 @@ import pymongo.errors
 import trio
 from bson import ObjectId
 
-from ._backend import FanoutNotStored, FanoutOverflow, FanoutSink, FanoutStatistics, Receipt, deliver_stored
+from ._backend import (
+    FanoutNotStored,
+    FanoutOverflow,
+    FanoutSink,
+    FanoutStatistics,
+    Receipt,
+    deliver_stored,
+    peer_ages,
+)
+from ._counters import DELAY_BUCKETS, POLL_BUCKETS, Histogram
 from ._sequencer import Sequencer, Stored
 from ._util import Backoff
 from .protocol import encode_data
@@ -246,7 +255,12 @@ class MongoFanout:
         self._echo: dict[str, str] = {}
         self._sequence = Sequencer(self.origin, ordered=ordered, gap_timeout=gap_timeout, memory=max_pending)
         self._stored = self._delivered = self._skipped = self._dropped = self._unstorable = 0
-        self._write_failures = self._read_failures = self._resets = 0
+        self._write_failures = self._read_failures = self._resets = self._duplicates = 0
+        self._poll_seconds = Histogram(POLL_BUCKETS)
+        self._delay_seconds = Histogram(DELAY_BUCKETS)
+        # The writer's and the poller's outages (the start-up's is its own: the hub is not ready then).
+        self._write_outage = _Outage(self.retry)
+        self._read_outage = _Outage(self.retry)
         self._closed = False  # close() has run: nothing published now will be stored
         self._seen_at = _utcnow()  # when the sequence was last confirmed to be the one prepared
 
@@ -284,6 +298,7 @@ class MongoFanout:
         self._wake.set()
 
     def statistics(self) -> FanoutStatistics:
+        outages = [o.since for o in (self._write_outage, self._read_outage) if o.since is not None]
         return FanoutStatistics(
             len(self._pending),
             self._stored,
@@ -295,6 +310,11 @@ class MongoFanout:
             self._sequence.last_seq,
             self._unstorable,
             self._resets,
+            self._duplicates,
+            min(outages, default=None),
+            self._poll_seconds.snapshot(),
+            self._delay_seconds.snapshot(),
+            peer_ages(self._sequence.peers),
         )
 
     async def run(self, sink: FanoutSink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
@@ -575,7 +595,7 @@ class MongoFanout:
             return result
 
     async def _write_forever(self) -> NoReturn:
-        outage = _Outage(self.retry)
+        outage = self._write_outage
         while True:
             if not self._pending:
                 self._wake = trio.Event()
@@ -635,7 +655,7 @@ class MongoFanout:
             )
 
     async def _poll_forever(self, sink: FanoutSink) -> NoReturn:
-        outage = _Outage(self.retry)
+        outage = self._read_outage
         sequence = self._sequence
         next_probe = trio.current_time() + self.probe_interval
         while True:
@@ -644,13 +664,17 @@ class MongoFanout:
                     # After an outage, check before reading on: the database that came back may be a new one.
                     await self._check_database(sink)
                     next_probe = trio.current_time() + self.probe_interval
+                started = time.perf_counter()
                 docs: list[dict[str, Any]] = await self._db(self._read, sequence.last_seq)
+                self._poll_seconds.observe(time.perf_counter() - started)
             except (pymongo.errors.PyMongoError, bson.errors.BSONError) as exc:  # InvalidBSON: read again
                 self._read_failures += 1
                 await outage.failed("MongoDB unreachable: no broadcasts from other instances until it is back: %s", exc)
                 continue
             outage.over("MongoDB reachable again after %.1f s: resuming after sequence %d", sequence.last_seq)
+            self._observe_delays(docs)
             step = sequence.feed(map(self._stored_doc, docs), trio.current_time())
+            self._duplicates += step.duplicates
             if step.skipped:
                 self._skipped += step.skipped
                 logger.warning(
@@ -709,6 +733,18 @@ class MongoFanout:
         self._epoch, self.epoch = epoch, epoch.value
         self._sequence.start(last_seq)
         sink.start_sequence(epoch.value, last_seq)
+
+    def _observe_delays(self, docs: list[dict[str, Any]]) -> None:
+        """How long other instances' broadcasts took from their store
+        (``createdAt``, their clock) to this read (this one's)."""
+        now = time.time()
+        origin, observe = self.origin, self._delay_seconds.observe
+        for doc in docs:
+            created = doc.get("createdAt")
+            if doc.get("origin") != origin and isinstance(created, datetime.datetime):
+                if created.tzinfo is None:  # pymongo's default: naive, in UTC
+                    created = created.replace(tzinfo=datetime.UTC)
+                observe(max(0.0, now - created.timestamp()))
 
     def _remember_echo(self, mid: str, body: str) -> None:
         self._echo[mid] = body

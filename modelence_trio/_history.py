@@ -56,12 +56,16 @@ class HistoryBook:
         self._last = 0  # the last offset handed out, on any channel
         self._forgotten = 0  # the highest offset of a channel history dropped whole
         self._channels: dict[str, _Channel] = {}
+        #: Messages kept, on every channel, and their frames' bytes (UTF-8): kept as they change.
+        self.entries = 0
+        self.bytes = 0
 
     def reset(self, epoch: str, start: int) -> None:
         """Take offsets from an outside sequence (the fan-out's) from ``start`` on."""
         self.epoch = epoch
         self._last = self._forgotten = start
         self._channels.clear()
+        self.entries = self.bytes = 0
 
     def record(self, channel: str, body: str, history: History, now: float, offset: int | None = None) -> Outgoing:
         """Frame a broadcast (``body``: its data's JSON) with its offset (the
@@ -76,8 +80,10 @@ class HistoryBook:
         if kept is None:
             kept = self._channels[channel] = _Channel(collections.deque(), self._forgotten, history.max_age)
         kept.entries.append((self._last, now, text))
+        self.entries += 1
+        self.bytes += len(frame.wire)  # header included: what a replay sends again
         if len(kept.entries) > history.size:
-            kept.floor = kept.entries.popleft()[0]
+            kept.floor = self._evict(kept)
         self._expire(kept, now - history.max_age)
         return frame
 
@@ -113,13 +119,28 @@ class HistoryBook:
             if not kept.entries or kept.entries[-1][1] < now - kept.max_age:
                 last = kept.entries[-1][0] if kept.entries else kept.floor
                 self._forgotten = max(self._forgotten, last)
+                self.entries -= len(kept.entries)
+                self.bytes -= sum(_wire_size(text) for _, _, text in kept.entries)
                 del self._channels[name]
 
     def __len__(self) -> int:
-        return sum(len(kept.entries) for kept in self._channels.values())
+        return self.entries
 
-    @staticmethod
-    def _expire(kept: _Channel, cutoff: float) -> None:
+    def _expire(self, kept: _Channel, cutoff: float) -> None:
         entries = kept.entries
         while entries and entries[0][1] < cutoff:
-            kept.floor = entries.popleft()[0]
+            kept.floor = self._evict(kept)
+
+    def _evict(self, kept: _Channel) -> int:
+        """Forget the oldest message of ``kept``; its offset."""
+        offset, _, text = kept.entries.popleft()
+        self.entries -= 1
+        self.bytes -= _wire_size(text)
+        return offset
+
+
+def _wire_size(text: str) -> int:
+    """The bytes of a kept frame as sent: its WebSocket header and its UTF-8
+    text (``Outgoing.from_text``'s length, without encoding ASCII text)."""
+    size = len(text) if text.isascii() else len(text.encode())
+    return size + (2 if size < 126 else 4 if size < 1 << 16 else 10)

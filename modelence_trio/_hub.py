@@ -14,9 +14,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import logging
+import math
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 import trio
@@ -28,6 +31,8 @@ from ._backend import FanoutBackend, Receipt
 from ._channel import ServerChannel
 from ._config import HubConfig, session_limits
 from ._connection import Connection
+from ._counters import HubCounters
+from ._logs import quiet_repeated_errors
 from ._methods import MethodTable
 from ._resources import connection_limit, quiet_accept_errors
 from ._router import Router
@@ -35,9 +40,14 @@ from ._session import Session
 from ._tracker import Tracker
 from ._transport import Transport
 from ._upkeep import heartbeats, session_checks
-from .protocol import Welcome, token_from_request
+from .protocol import CloseCode, Welcome, token_from_request
 
-__all__ = ["Hub", "HubStatistics"]
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+__all__ = ["Hub", "HubStatistics", "Readiness"]
+
+logger = logging.getLogger("modelence_trio")
 
 
 @attrs.frozen
@@ -47,6 +57,22 @@ class HubStatistics:
     connections: int
     channels: int
     subscriptions: int
+
+
+@attrs.frozen
+class Readiness:
+    """Whether the hub should get traffic (``/readyz``): ``not_ready`` names
+    each check that fails and why; empty when ready."""
+
+    not_ready: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def ready(self) -> bool:
+        return not self.not_ready
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``/readyz`` body: ``{"ready": false, "not_ready": {"fanout": "..."}}``."""
+        return {"ready": self.ready, "not_ready": dict(self.not_ready)}
 
 
 _connection_ids = itertools.count(1)
@@ -75,7 +101,8 @@ class Hub:
         fanout: FanoutBackend | None = None,
     ) -> None:
         self._instance = secrets.token_hex(4)
-        self._router = Router(channels, fanout)
+        self._counters = HubCounters()
+        self._router = Router(channels, fanout, self._counters)
         self._tracker = Tracker(self._router, self._instance)
         self._router.on_presence = self._tracker.receive
         self._actions = Actions(self._router, self._tracker)
@@ -87,8 +114,10 @@ class Hub:
         self.trio_token: trio.lowlevel.TrioToken | None = None
         self._shields: set[trio.CancelScope] = set()
         self._stopping = False
+        self._draining = False  # drain() has begun: not ready, connections still served
         self._running = False  # run() has begun
         self._ready = False  # and is ready
+        self._metrics: CollectorRegistry | None = None
         for channel in self._router.channels.values():
             channel._attach(self)
 
@@ -139,6 +168,32 @@ class Hub:
     def channels(self) -> Sequence[ServerChannel[Any]]:
         return tuple(self._router.channels.values())
 
+    @property
+    def instance(self) -> str:
+        """This hub's id, new with every hub: connection ids start with it."""
+        return self._instance
+
+    @property
+    def counters(self) -> HubCounters:
+        """What the hub counted so far (plain numbers; :attr:`metrics` is their Prometheus view)."""
+        return self._counters
+
+    @property
+    def metrics(self) -> CollectorRegistry:
+        """This hub's Prometheus registry: its own (not the global default
+        one, so several hubs in one process do not collide), read when
+        scraped; process and garbage-collector metrics included. Serve it
+        with ``prometheus_client.generate_latest(hub.metrics)`` or
+        :func:`~modelence_trio.serve_metrics`; docs: README, Observability.
+        Collect it in the hub's Trio thread, as those do (from another
+        thread: ``trio.from_thread.run_sync(generate_latest, hub.metrics,
+        trio_token=hub.trio_token)``): the hub's numbers change in that thread."""
+        if self._metrics is None:
+            from ._metrics import hub_registry  # here: _metrics needs _methods, which needs this module
+
+            self._metrics = hub_registry(self)
+        return self._metrics
+
     def broadcast(self, channel: ServerChannel[Any], name: str, data: Any, receipt: Receipt | None = None) -> None:
         """Encode a broadcast once and route it (``Router``): to local
         subscribers, the channel's history and the fan-out."""
@@ -173,7 +228,8 @@ class Hub:
         quiet_accept_errors()
         try:
             async with trio.open_nursery() as nursery:
-                self._stopping = False
+                self._stopping = self._draining = False
+                quiet_repeated_errors()
                 config = self.config
                 nursery.start_soon(heartbeats, self._connections, config.heartbeat_interval, config.heartbeat_timeout)
                 checker, interval = self.authenticator, config.session_check_interval
@@ -202,6 +258,46 @@ class Hub:
     def running(self) -> bool:
         """Whether :meth:`run` is running and ready (servers use the hub then)."""
         return self._ready
+
+    def readiness(self) -> Readiness:
+        """Whether this hub should get traffic: it runs and is ready, it is
+        neither draining nor shutting down, and its fan-out (if any) has not
+        been cut off from its database for more than ``fanout_outage_limit``."""
+        not_ready: list[tuple[str, str]] = []
+        if not self._ready:
+            not_ready.append(("hub", "not running"))
+        if self._stopping:
+            not_ready.append(("shutdown", "shutting down"))
+        elif self._draining:
+            not_ready.append(("shutdown", "draining"))
+        limit, fanout = self.config.fanout_outage_limit, self.fanout
+        if fanout is not None and limit is not None and self._ready:
+            since = fanout.statistics().outage_since
+            try:
+                lasted = trio.current_time() - since if since is not None else 0.0
+            except RuntimeError:  # asked outside the hub's Trio run: that outage cannot be timed
+                lasted = math.inf
+            if lasted > limit:
+                not_ready.append(("fanout", f"database unreachable for {lasted:.0f} s"))
+        return Readiness(tuple(not_ready))
+
+    async def drain(self) -> None:
+        """Shut down gracefully, in order: from now on :meth:`readiness` says
+        "draining" (``/readyz`` answers 503) while everything goes on; after
+        ``HubConfig.drain_delay`` seconds (for a load balancer to notice) new
+        connections are refused (503) and every connection flushes and closes
+        with 1001 (:meth:`begin_shutdown`). Returns once none is left, or
+        after ``shutdown_grace`` plus ``close_timeout``. What ``App.serve``
+        and ``modelence-trio`` run on their shutdown signal."""
+        config = self.config
+        self._draining = True
+        if config.drain_delay > 0:
+            logger.info("draining: not ready; closing connections in %g s", config.drain_delay)
+            await trio.sleep(config.drain_delay)
+        self.begin_shutdown()
+        with trio.move_on_after(config.shutdown_grace + config.close_timeout):
+            while self._connections:
+                await trio.sleep(0.05)
 
     def begin_shutdown(self) -> None:
         """Ask every connection to flush and close with 1001, under the grace deadline."""
@@ -310,7 +406,9 @@ class Hub:
             self.config.close_timeout,
             self.config.outbound_queue_bytes,
             session=Session(self._session_limits),
+            counters=self._counters,
         )
+        started = time.monotonic()
         self._connections.add(conn)
         user = identity.user.to_wire() if identity.user is not None else None
         conn.reply(Welcome(conn.id, user, identity.roles))
@@ -327,6 +425,47 @@ class Hub:
                 # Failed (slow consumer, heartbeat, ...): a best-effort close frame.
                 with trio.CancelScope(shield=True), trio.move_on_after(self.config.close_timeout):
                     await transport.close(*conn.close_reason)
+            self._ended(conn, transport, time.monotonic() - started)
+
+    def _ended(self, conn: Connection, transport: Transport, duration: float) -> None:
+        """Count a connection's end and log it: one INFO line, with why it
+        ended and what went through it; never a token, a user or a channel."""
+        peer_code: int | None = getattr(transport, "close_code", None)  # the transport's, if it knows
+        code: int | None
+        if conn.close_reason is not None:
+            code, reason = conn.close_reason
+            by, label = "server", str(code)
+        elif peer_code == CloseCode.MESSAGE_TOO_BIG:  # the WebSocket library closed for us
+            code, reason, by, label = peer_code, "message too big", "server", str(peer_code)
+        else:
+            code, reason, by, label = peer_code, "closed by the client", "peer", "peer"
+        self._counters.closed[label] += 1
+        frames_out, bytes_out = conn.delivered_frames + conn.own_frames, conn.delivered_bytes + conn.own_bytes
+        session = conn.session
+        logger.info(
+            "connection %s ended: close %s by %s (%s) after %.1f s; %d frames in (%d bytes), %d out (%d bytes)",
+            conn.id,
+            code if code is not None else "-",
+            by,
+            reason,
+            duration,
+            session.received_frames,
+            session.received_bytes,
+            frames_out,
+            bytes_out,
+            extra={
+                "event": "connection_ended",
+                "connection": conn.id,
+                "close_code": code,
+                "closed_by": by,
+                "reason": reason,
+                "duration_s": round(duration, 3),
+                "frames_in": session.received_frames,
+                "bytes_in": session.received_bytes,
+                "frames_out": frames_out,
+                "bytes_out": bytes_out,
+            },
+        )
 
 
 class _ShieldedConnection:

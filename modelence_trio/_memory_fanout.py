@@ -18,7 +18,7 @@ from typing import NoReturn
 
 import trio
 
-from ._backend import FanoutSink, FanoutStatistics, Receipt, deliver_stored
+from ._backend import FanoutSink, FanoutStatistics, Receipt, deliver_stored, peer_ages
 from ._sequencer import Sequencer, Stored
 
 __all__ = ["MemoryBus", "MemoryFanout"]
@@ -71,7 +71,8 @@ class MemoryFanout:
         self.batch_size = batch_size
         self._sequence = Sequencer(self.origin, ordered=ordered, gap_timeout=0.0)
         self._ids = itertools.count()
-        self._stored = self._delivered = self._skipped = 0
+        self._stored = self._delivered = self._skipped = self._duplicates = 0
+        self._cut_since: float | None = None
         self._held: list[tuple[str, str, Receipt | None]] = []
         self._connected = trio.Event()
         self._connected.set()
@@ -91,10 +92,12 @@ class MemoryFanout:
         never healed is a crash, as the other instances see it."""
         if self._connected.is_set():
             self._connected = trio.Event()
+            self._cut_since = trio.current_time()
 
     def heal(self) -> None:
         """Back on the bus: what was held is stored, in order, and reading resumes."""
         self._connected.set()
+        self._cut_since = None
         held, self._held = self._held, []
         for channel, body, receipt in held:
             self.publish(channel, body, receipt)
@@ -112,6 +115,7 @@ class MemoryFanout:
                 continue
             step = sequence.feed(self.bus.after(sequence.last_seq, self.batch_size), trio.current_time())
             self._skipped += step.skipped
+            self._duplicates += step.duplicates
             self._delivered += deliver_stored(step.deliver, sink, ordered=self.ordered)
             await trio.lowlevel.checkpoint()
 
@@ -134,5 +138,15 @@ class MemoryFanout:
 
     def statistics(self) -> FanoutStatistics:
         return FanoutStatistics(
-            len(self._held), self._stored, self._delivered, self._skipped, 0, 0, 0, self._sequence.last_seq
+            len(self._held),
+            self._stored,
+            self._delivered,
+            self._skipped,
+            0,
+            0,
+            0,
+            self._sequence.last_seq,
+            duplicates=self._duplicates,
+            outage_since=self._cut_since,
+            peers=peer_ages(self._sequence.peers),
         )

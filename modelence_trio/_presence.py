@@ -174,6 +174,15 @@ class PresenceBook:
         """How many members ``channel`` has, on every instance."""
         return len(self._counts.get(channel, ()))
 
+    def members_by_category(self) -> dict[str, int]:
+        """Members per channel category, on every instance (one member per
+        channel it is in): what the metrics show, never who."""
+        counts: dict[str, int] = {}
+        for channel, members in self._counts.items():
+            category = channel.partition(":")[0]
+            counts[category] = counts.get(category, 0) + len(members)
+        return counts
+
     def member(self, channel: str, key: str) -> Member | None:
         connections = self._counts.get(channel, {}).get(key, 0)
         if not connections:

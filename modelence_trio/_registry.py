@@ -1,7 +1,15 @@
-"""Who is joined to what. Synchronous and I/O-free, so it can be model-checked."""
+"""Who is joined to what. Synchronous and I/O-free, so it can be model-checked.
+
+It also keeps what a connection's log line and the metrics need, without
+work per delivery: each channel counts the frames (and bytes) delivered to
+it, once per broadcast, and each subscription remembers those counts from
+when it began; when it ends, the difference is what that subscriber got
+from the channel, added to the subscriber's ``delivered_*`` tallies.
+"""
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -12,6 +20,11 @@ __all__ = ["Registry", "RegistryStatistics", "Subscriber"]
 
 class Subscriber(Protocol):
     """Anything that can take encoded frames without blocking."""
+
+    #: Frames and bytes of broadcasts delivered over subscriptions that have
+    #: ended (the registry adds to them; :meth:`Registry.delivered` adds the live ones).
+    delivered_frames: int
+    delivered_bytes: int
 
     def send(self, frame: Any) -> None: ...
 
@@ -27,6 +40,20 @@ class RegistryStatistics:
 
 
 @attrs.define(eq=False)
+class _Channel:
+    """One channel's subscribers, and what it was sent so far (counted per
+    broadcast: every subscriber of the moment got it)."""
+
+    subscribers: set[Subscriber] = attrs.field(factory=set)
+    frames: int = 0
+    bytes: int = 0
+
+
+def _category(channel: str) -> str:
+    return channel.partition(":")[0]
+
+
+@attrs.define(eq=False)
 class Registry:
     """Channel name -> subscribers, and subscriber -> channel names.
 
@@ -34,16 +61,28 @@ class Registry:
     in time proportional to that connection's own channels.
     """
 
-    _by_channel: dict[str, set[Subscriber]] = attrs.field(factory=dict, init=False)
-    _by_subscriber: dict[Subscriber, set[str]] = attrs.field(factory=dict, init=False)
+    _by_channel: dict[str, _Channel] = attrs.field(factory=dict, init=False)
+    #: subscriber -> channel -> the channel's (frames, bytes) when the subscription began.
+    _by_subscriber: dict[Subscriber, dict[str, tuple[int, int]]] = attrs.field(factory=dict, init=False)
+    #: category -> channels with subscribers, and subscriptions, now.
+    channels_by_category: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
+    subscriptions_by_category: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
+    #: category -> subscriptions ended because their subscriber was dropped (its connection ended).
+    dropped_by_category: collections.Counter[str] = attrs.field(factory=collections.Counter, init=False)
 
     def subscribe(self, subscriber: Subscriber, channel: str) -> bool:
         """Add a subscription; ``False`` if it already existed."""
-        names = self._by_subscriber.setdefault(subscriber, set())
+        names = self._by_subscriber.setdefault(subscriber, {})
         if channel in names:
             return False
-        names.add(channel)
-        self._by_channel.setdefault(channel, set()).add(subscriber)
+        entry = self._by_channel.get(channel)
+        category = _category(channel)
+        if entry is None:
+            entry = self._by_channel[channel] = _Channel()
+            self.channels_by_category[category] += 1
+        entry.subscribers.add(subscriber)
+        names[channel] = (entry.frames, entry.bytes)
+        self.subscriptions_by_category[category] += 1
         return True
 
     def unsubscribe(self, subscriber: Subscriber, channel: str) -> bool:
@@ -51,16 +90,17 @@ class Registry:
         names = self._by_subscriber.get(subscriber)
         if names is None or channel not in names:
             return False
-        names.discard(channel)
+        start = names.pop(channel)
         if not names:
             del self._by_subscriber[subscriber]
-        self._discard(channel, subscriber)
+        self._end(subscriber, channel, start)
         return True
 
     def drop(self, subscriber: Subscriber) -> None:
         """Remove every subscription of ``subscriber``."""
-        for channel in self._by_subscriber.pop(subscriber, ()):
-            self._discard(channel, subscriber)
+        for channel, start in self._by_subscriber.pop(subscriber, {}).items():
+            self._end(subscriber, channel, start)
+            self.dropped_by_category[_category(channel)] += 1
 
     def is_subscribed(self, subscriber: Subscriber, channel: str) -> bool:
         return channel in self._by_subscriber.get(subscriber, ())
@@ -72,26 +112,49 @@ class Registry:
     def channels_of(self, subscriber: Subscriber) -> frozenset[str]:
         return frozenset(self._by_subscriber.get(subscriber, ()))
 
-    def deliver(self, channel: str, frame: Any) -> int:
-        """Hand ``frame`` to every subscriber of ``channel``; returns how many."""
-        subscribers = self._by_channel.get(channel)
-        if not subscribers:
+    def subscribers_of(self, channel: str) -> int:
+        """How many subscribers ``channel`` has."""
+        entry = self._by_channel.get(channel)
+        return len(entry.subscribers) if entry is not None else 0
+
+    def delivered(self, subscriber: Subscriber) -> tuple[int, int]:
+        """Frames and bytes of broadcasts delivered to ``subscriber`` so far,
+        over its ended subscriptions and its current ones."""
+        frames, size = subscriber.delivered_frames, subscriber.delivered_bytes
+        for channel, (frames_then, bytes_then) in self._by_subscriber.get(subscriber, {}).items():
+            entry = self._by_channel[channel]
+            frames += entry.frames - frames_then
+            size += entry.bytes - bytes_then
+        return frames, size
+
+    def deliver(self, channel: str, frame: Any, size: int = 0) -> int:
+        """Hand ``frame`` (``size`` bytes) to every subscriber of ``channel``; returns how many."""
+        entry = self._by_channel.get(channel)
+        if entry is None:
             return 0
+        entry.frames += 1
+        entry.bytes += size
+        subscribers = entry.subscribers
         # A subscriber may unsubscribe itself while we iterate (a slow consumer
         # being cut off), so iterate over a snapshot.
         for subscriber in tuple(subscribers):
             subscriber.send(frame)
         return len(subscribers)
 
-    def deliver_many(self, frames: Sequence[tuple[str, Any]]) -> None:
-        """Deliver ``(channel, frame)`` pairs in order; each subscriber gets its
-        share in one ``send_many`` (one write for a batch from the fan-out)."""
+    def deliver_many(self, frames: Sequence[tuple[str, Any, int]]) -> None:
+        """Deliver ``(channel, frame, size)`` triples in order; each subscriber
+        gets its share in one ``send_many`` (one write for a batch from the fan-out)."""
         if len(frames) == 1:
             self.deliver(*frames[0])
             return
         shares: dict[Subscriber, list[Any]] = {}
-        for channel, frame in frames:
-            for subscriber in self._by_channel.get(channel, ()):
+        for channel, frame, size in frames:
+            entry = self._by_channel.get(channel)
+            if entry is None:
+                continue
+            entry.frames += 1
+            entry.bytes += size
+            for subscriber in entry.subscribers:
                 share = shares.get(subscriber)
                 if share is None:
                     shares[subscriber] = [frame]
@@ -106,11 +169,17 @@ class Registry:
     def statistics(self) -> RegistryStatistics:
         return RegistryStatistics(
             channels=len(self._by_channel),
-            subscriptions=sum(len(s) for s in self._by_channel.values()),
+            subscriptions=sum(len(entry.subscribers) for entry in self._by_channel.values()),
         )
 
-    def _discard(self, channel: str, subscriber: Subscriber) -> None:
-        subscribers = self._by_channel[channel]
-        subscribers.discard(subscriber)
-        if not subscribers:
+    def _end(self, subscriber: Subscriber, channel: str, start: tuple[int, int]) -> None:
+        """A subscription ended: credit the subscriber with what it got from the channel."""
+        entry = self._by_channel[channel]
+        subscriber.delivered_frames += entry.frames - start[0]
+        subscriber.delivered_bytes += entry.bytes - start[1]
+        entry.subscribers.discard(subscriber)
+        category = _category(channel)
+        self.subscriptions_by_category[category] -= 1
+        if not entry.subscribers:
             del self._by_channel[channel]
+            self.channels_by_category[category] -= 1

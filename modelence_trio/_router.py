@@ -16,6 +16,10 @@ routes, chosen once per call:
 Encoding comes first in each route, before any state changes: a broadcast
 that cannot be sent leaves no trace (no offset, no history entry, nothing
 queued for another instance).
+
+What reaches local subscribers is counted per broadcast, in the category's
+:class:`~._counters.Traffic`: one broadcast, its subscriber count as
+deliveries, and that many times its size in bytes, in one step each.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import trio
 
 from ._backend import FanoutBackend, Receipt
 from ._channel import ServerChannel
+from ._counters import HubCounters, Traffic
 from ._history import History, HistoryBook
 from ._presence import PRESENCE_CHANNEL
 from ._registry import Registry
@@ -41,7 +46,12 @@ logger = logging.getLogger("modelence_trio.fanout")
 
 
 class Router:
-    def __init__(self, channels: Iterable[ServerChannel[Any]], fanout: FanoutBackend | None) -> None:
+    def __init__(
+        self,
+        channels: Iterable[ServerChannel[Any]],
+        fanout: FanoutBackend | None,
+        counters: HubCounters | None = None,
+    ) -> None:
         self.channels: dict[str, ServerChannel[Any]] = {}
         for channel in channels:
             if channel.category in self.channels:
@@ -50,6 +60,9 @@ class Router:
         self.fanout = fanout
         self.registry = Registry()
         self.histories = HistoryBook()
+        self.counters = counters if counters is not None else HubCounters()
+        #: Each declared category's traffic (the counters' objects, looked up once per broadcast).
+        self.traffic: dict[str, Traffic] = {category: self.counters.traffic_of(category) for category in self.channels}
         #: Where presence messages of other instances go (the hub's ``Tracker``).
         self.on_presence: Callable[[str], None] | None = None
 
@@ -57,12 +70,18 @@ class Router:
         """Route one broadcast; ``receipt`` (``broadcast_stored``) is settled
         once the fan-out has stored it, at once without a fan-out."""
         fanout = self.fanout
-        if fanout is None:  # the single-instance hot path, spelled out
+        if fanout is None:  # the single-instance hot path, spelled out (_deliver inlined)
             history = channel.history
             if history is None:
-                self.registry.deliver(name, Outgoing.from_text(encode_message(name, data)))
+                frame = Outgoing.from_text(encode_message(name, data))
             else:
-                self.registry.deliver(name, self.histories.record(name, encode_data(name, data), history, _now()))
+                frame = self.histories.record(name, encode_data(name, data), history, _now())
+            size = len(frame.wire)
+            delivered = self.registry.deliver(name, frame, size)
+            traffic = self.traffic[channel.category]
+            traffic.broadcasts += 1
+            traffic.deliveries += delivered
+            traffic.bytes += delivered * size
             if receipt is not None:
                 receipt.stored()  # nothing to store
         elif fanout.ordered:
@@ -70,8 +89,24 @@ class Router:
             fanout.publish(name, check_sendable(encode_data(name, data)), receipt)
         else:
             body = encode_data(name, data)
-            self.registry.deliver(name, Outgoing.from_text(message_frame(name, body)))  # no offsets: see history_of
+            self._deliver(channel.category, name, Outgoing.from_text(message_frame(name, body)))  # no offsets
             fanout.publish(name, body, receipt)
+
+    def _deliver(self, category: str, name: str, frame: Outgoing) -> None:
+        """Hand one broadcast to local subscribers and count it, once."""
+        size = len(frame.wire)
+        delivered = self.registry.deliver(name, frame, size)
+        traffic = self.traffic[category]
+        traffic.broadcasts += 1
+        traffic.deliveries += delivered
+        traffic.bytes += delivered * size
+
+    def deliver_local(self, name: str, data: Any) -> None:
+        """Send ``data`` to this instance's subscribers of ``name`` only, and
+        count it nowhere: the dashboard's snapshots, which must not move the
+        numbers they show, nor reach other instances."""
+        frame = Outgoing.from_text(encode_message(name, data))
+        self.registry.deliver(name, frame, len(frame.wire))
 
     def history_of(self, channel: ServerChannel[Any] | None) -> History | None:
         """The history a channel's messages are recorded in here, if any.
@@ -94,8 +129,8 @@ class Router:
         """Broadcasts read from the fan-out, in order: other instances' (and,
         ordered, ours too, with their sequence numbers as offsets). Each
         subscriber gets its share of the batch in one write."""
-        frames: list[tuple[str, Outgoing]] = []
-        histories, channels = self.histories, self.channels
+        frames: list[tuple[str, Outgoing, int]] = []
+        histories, channels, registry = self.histories, self.channels, self.registry
         for name, body, seq in items:
             if name == PRESENCE_CHANNEL:  # not a channel: the instances' presence exchange
                 if self.on_presence is not None:
@@ -110,8 +145,15 @@ class Router:
             except ValueError:
                 logger.exception("fan-out: cannot send the broadcast with sequence %s; skipped", seq)
                 continue
-            frames.append((name, frame))
-        self.registry.deliver_many(frames)
+            size = len(frame.wire)
+            traffic = self.traffic.get(name.partition(":")[0])
+            if traffic is not None:  # a category served here (else no one here joined it)
+                subscribers = registry.subscribers_of(name)
+                traffic.broadcasts += 1
+                traffic.deliveries += subscribers
+                traffic.bytes += subscribers * size
+            frames.append((name, frame, size))
+        registry.deliver_many(frames)
         return len(frames)
 
     # --- recovery -------------------------------------------------------------------------

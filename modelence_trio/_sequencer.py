@@ -18,7 +18,10 @@ from typing import Any
 
 import attrs
 
-__all__ = ["Sequencer", "Step", "Stored"]
+__all__ = ["PEERS", "Sequencer", "Step", "Stored"]
+
+#: Other instances a sequencer remembers having read from (the most recent ones).
+PEERS = 64
 
 
 @attrs.frozen
@@ -41,6 +44,7 @@ class Step:
     deliver: tuple[Stored, ...]  # in order
     waiting: bool  # stopped at a gap that may still fill: read again from ``last_seq`` soon
     skipped: int = 0  # sequence numbers given up on in this batch (a log line, a counter)
+    duplicates: int = 0  # broadcasts stored twice (or without a message id) and dropped
 
 
 class Sequencer:
@@ -61,6 +65,8 @@ class Sequencer:
         self._memory = memory
         self._seen: dict[str, None] = {}  # recent message ids, oldest first
         self._gap_since = math.inf
+        #: Other instances read from, with when (``now`` of ``feed``), the latest last; at most ``PEERS``.
+        self.peers: dict[str, float] = {}
 
     def start(self, last_seq: int) -> None:
         """Read on after ``last_seq`` (what was there before this instance is not replayed)."""
@@ -70,27 +76,36 @@ class Sequencer:
     def feed(self, batch: Iterable[Stored], now: float) -> Step:
         """Take a batch read after ``last_seq``, in sequence order."""
         deliver: list[Stored] = []
-        skipped = 0
+        skipped = duplicates = 0
         for item in batch:
             if item.seq <= self.last_seq:
                 continue  # read twice
             if item.seq > self.last_seq + 1:
                 self._gap_since = min(self._gap_since, now)
                 if now - self._gap_since < self.gap_timeout:
-                    return Step(tuple(deliver), waiting=True, skipped=skipped)
+                    return Step(tuple(deliver), waiting=True, skipped=skipped, duplicates=duplicates)
                 skipped += item.seq - self.last_seq - 1
             self._gap_since = math.inf
             self.last_seq = item.seq
-            if self._admit(item):
+            if item.origin != self.origin:
+                self._saw(item.origin, now)
+            if item.mid is None or item.mid in self._seen:
+                duplicates += 1  # stored twice (or not by us)
+            elif self._admit(item, item.mid):
                 deliver.append(item)
-        return Step(tuple(deliver), waiting=False, skipped=skipped)
+        return Step(tuple(deliver), waiting=False, skipped=skipped, duplicates=duplicates)
 
-    def _admit(self, item: Stored) -> bool:
-        if item.mid is None or item.mid in self._seen:
-            return False  # stored twice (or not by us)
+    def _saw(self, origin: str, now: float) -> None:
+        peers = self.peers
+        peers.pop(origin, None)
+        peers[origin] = now
+        if len(peers) > PEERS:
+            del peers[next(iter(peers))]
+
+    def _admit(self, item: Stored, mid: str) -> bool:
         if item.origin == self.origin and not self.ordered:
             return False  # our own: local subscribers had it at once
-        self._seen[item.mid] = None
+        self._seen[mid] = None
         if len(self._seen) > 4 * self._memory:
             for old in list(itertools.islice(self._seen, self._memory)):
                 del self._seen[old]

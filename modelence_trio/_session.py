@@ -81,7 +81,15 @@ class Answer:
 class Session:
     """The policy state of one connection (see the module's docstring)."""
 
-    __slots__ = ("_bad_frames", "_bad_since", "_join_budget", "_publish_budget", "limits")
+    __slots__ = (
+        "_bad_frames",
+        "_bad_since",
+        "_join_budget",
+        "_publish_budget",
+        "limits",
+        "received_bytes",
+        "received_frames",
+    )
 
     def __init__(self, limits: SessionLimits) -> None:
         self.limits = limits
@@ -89,12 +97,18 @@ class Session:
         self._publish_budget = TokenBucket()
         self._bad_frames = 0
         self._bad_since = -math.inf
+        #: Client messages received, and their bytes (UTF-8, as every limit counts them).
+        self.received_frames = 0
+        self.received_bytes = 0
 
     def receive(self, message: str | bytes, now: float) -> ClientFrame | Answer | Close:
         """What one client message asks for: the parsed frame, an error to
         answer with, or the end of the connection."""
         limits = self.limits
-        if message_size(message) > limits.max_frame_size:
+        size = message_size(message)
+        self.received_frames += 1
+        self.received_bytes += size
+        if size > limits.max_frame_size:
             return Close(CloseCode.MESSAGE_TOO_BIG, f"message over {limits.max_frame_size} bytes")
         try:
             return parse_client_frame(message, limits=limits.parse)

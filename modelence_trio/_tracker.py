@@ -171,7 +171,7 @@ class Tracker:
             self._flush()
 
     def _flush(self) -> None:
-        registry = self.router.registry
+        registry, counters = self.router.registry, self.router.counters
         for diff in self.book.flush():
             presence = self.options(diff.channel)
             if presence is None:
@@ -181,7 +181,10 @@ class Tracker:
             except (TypeError, ValueError):  # never: keys and metadata are checked when they come
                 logger.exception("presence: cannot encode the diff of %s; skipped", diff.channel)
                 continue
-            registry.deliver(diff.channel, frame)
+            size = len(frame.wire)
+            delivered = registry.deliver(diff.channel, frame, size)
+            counters.sent_frames += delivered
+            counters.sent_bytes += delivered * size
         self._publish()
 
     @staticmethod

@@ -243,6 +243,13 @@ class FastTransport:
     async def close(self, code: int, reason: str) -> None:
         await self._ws.aclose(code, reason)  # the reader task sees the peer's answer
 
+    @property
+    def close_code(self) -> int | None:
+        """The close code of the closing handshake (the peer's, ours, or
+        trio-websocket's 1009), or 1006 without one; ``None`` while open."""
+        closed = self._ws.closed
+        return closed.code if closed is not None else None
+
 
 class PublicTransport:
     """A ``trio_websocket.WebSocketConnection`` through its public API only."""
@@ -286,6 +293,12 @@ class PublicTransport:
 
     async def close(self, code: int, reason: str) -> None:
         await self._ws.aclose(code, reason)
+
+    @property
+    def close_code(self) -> int | None:
+        """As ``FastTransport.close_code``."""
+        closed = self._ws.closed
+        return closed.code if closed is not None else None
 
 
 class _Inbox:

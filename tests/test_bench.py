@@ -35,3 +35,19 @@ def test_the_presence_storm_runs() -> None:
     )
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["joins"] == 50 and report["diff frames per watcher (mean, max)"][1] >= 1
+
+
+def test_the_fanout_bench_runs_with_metrics_scraped() -> None:
+    # W1, small, against this commit's server with and without the in-process scrape.
+    bench = Path(__file__).parent.parent / "bench"
+    options = ["--workloads", "w1", "--n", "5", "--m", "5", "--transports", "trio-websocket"]
+    result = subprocess.run(
+        [sys.executable, str(bench / "fanout.py"), *options, "--variants", "after,scraped"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    rows = [line for line in result.stdout.splitlines() if line.startswith("w1 ")]
+    assert [row.split()[2] for row in rows] == ["after", "scraped"]
+    assert all(json.loads(row.split(" ", 4)[4])["lost"] == 0 for row in rows)

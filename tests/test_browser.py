@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Dialog, Page, Response, expect, sync_playwright
 
-from .processes import CliServer, cli_server, start_cli
+from .processes import ROOT, CliServer, cli_server, start_cli
 from .proxy import proxy_thread
 from .readme import block
 
@@ -306,6 +306,52 @@ def test_the_readme_page_runs_as_written(browser: Browser, tmp_path: Path) -> No
         assert ["lobby", {"text": "hi", "from": "ann"}] in logs, logs
         assert ["open"] in logs, logs  # onStatusChange
         context.close()
+
+
+# --- the live dashboard -----------------------------------------------------------------------
+
+
+def test_the_dashboard_is_for_staff_and_its_counters_move(browser: Browser, server: CliServer) -> None:
+    """The chat example's dashboard (staff only): refused without a token and
+    for bob, shown to alice; a page that connects and a message sent move its
+    counters. The screenshot in README is taken here (docs/dashboard.png)."""
+    page = browser.new_context(viewport={"width": 1280, "height": 700}).new_page()
+    page.set_default_timeout(TIMEOUT)
+    refused = page.goto(f"{server.url}/_modelence/dashboard")
+    assert refused is not None and refused.status == 401
+    refused = page.goto(f"{server.url}/_modelence/dashboard?token=bob")
+    assert refused is not None and refused.status == 403  # signed in, but not staff
+    shown = page.goto(f"{server.url}/_modelence/dashboard?token=alice")
+    assert shown is not None and shown.status == 200
+    expect(page.locator("body")).to_have_attribute("data-joined", "true")  # the live channel, over WebSocket
+    assert "token" not in page.url  # taken out of the address bar
+    expect(page.locator("#ready")).to_have_text("yes")
+    expect(page.locator("#connections")).to_have_text("1")  # the dashboard's own
+    expect(page.locator("#broadcasts")).to_have_text("0")
+
+    ann = open_chat(browser, server, "ann")  # a client connects and joins
+    expect(page.locator("#connections")).to_have_text("2")
+    say(ann, "hello")  # a broadcast
+    expect(page.locator("#broadcasts")).to_have_text("1")
+    expect(page.locator("#deliveries")).to_have_text("1")
+    expect(page.locator("#categories tbody tr", has_text="chat")).to_contain_text("chat1")  # one chat channel
+
+    # Some traffic for the picture: more pages, a refused join, a page that goes, messages.
+    bob = open_chat(browser, server, "bob")
+    bob.click("#rooms button[data-room=staff]")
+    expect(bob.locator("#notice")).to_contain_text("access_denied")
+    bob.click("#rooms button[data-room=lobby]")
+    expect(bob.locator("#room-title")).to_have_attribute("data-joined", "lobby")
+    eve = open_chat(browser, server, "eve", room="random")
+    eve.context.close()  # a page that closes: a close by the peer
+    expect(page.locator("#closes")).to_contain_text("peer")
+    for n in range(12):
+        say(ann if n % 2 else bob, f"message {n}")
+        page.wait_for_timeout(300)
+    expect(page.locator("#broadcasts")).to_have_text("13")
+    expect(page.locator("#refusals")).to_contain_text("access_denied")
+    expect(page.locator("#methods tbody")).to_contain_text("chat.sendMessage")
+    page.screenshot(path=str(ROOT / "docs" / "dashboard.png"), full_page=True)
 
 
 # --- the shared client vectors (tests/vectors/client.json), in the browser client ----------

@@ -60,6 +60,7 @@ async def test_token_without_authenticator_is_401() -> None:
 class Sink:
     def __init__(self) -> None:
         self.got: list[str] = []
+        self.delivered_frames = self.delivered_bytes = 0
 
     def send(self, frame: str) -> None:
         self.got.append(frame)

@@ -47,6 +47,8 @@ COVERED_BY = {
     "# myapp.py": "test_app_quickstart",
     "# presence": "test_the_presence_snippet",
     "# typed channel": "test_the_typed_channel_snippet",
+    "# metrics, health and the dashboard": "test_the_metrics_health_and_dashboard_snippet",
+    "# metrics for an embedded hub": "test_the_embedded_metrics_snippet",
     "# one MongoDB client for everything": "test_the_shared_mongodb_client_snippet",
     "# server.py": "test_the_embedded_server_and_the_python_client",
     "# client.py": "test_the_embedded_server_and_the_python_client",
@@ -218,3 +220,29 @@ def _wait_for_port(port: int, process: subprocess.Popen[str], timeout: float = 2
                 kill_group(process)
                 raise AssertionError(f"the server did not listen on {port}: {process.communicate()}") from None
             time.sleep(0.05)
+
+
+async def test_the_metrics_health_and_dashboard_snippet(nursery: trio.Nursery) -> None:
+    from .metricsparse import get, scrape
+
+    code = block("# metrics, health and the dashboard").replace("127.0.0.1:9100", "127.0.0.1:0")
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    app: App = namespace["app"]
+    main, internal = await nursery.start(app.serve, "127.0.0.1", 0)
+    assert (await scrape(internal + "/metrics"))("modelence_ready") == 1
+    assert (await get(main + "/metrics"))[0] == 404  # there, and only there
+    assert (await get(main + "/readyz"))[0] == 200
+    assert (await get(main + "/_modelence/dashboard?token=alice"))[0] == 200
+    assert (await get(main + "/_modelence/dashboard?token=bob"))[0] == 403
+
+
+async def test_the_embedded_metrics_snippet(nursery: trio.Nursery, capsys: pytest.CaptureFixture[str]) -> None:
+    code = block("# metrics for an embedded hub").replace("8000", "0").replace("9100", "0")
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    with trio.move_on_after(2):
+        await namespace["main"]()
+    hub: Hub = namespace["hub"]
+    assert "modelence_connections 0.0" in capsys.readouterr().out
+    assert hub.metrics.get_sample_value("modelence_ready") == 0  # stopped with main

@@ -1,4 +1,6 @@
-"""The channel registry against a simple model, under random operations."""
+"""The channel registry against a simple model, under random operations:
+subscriptions, deliveries in order, and what each subscriber was delivered
+(frames and bytes, counted per broadcast, never per delivery)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ class Peer:
     def __init__(self, name: int) -> None:
         self.name = name
         self.received: list[tuple[str, int]] = []
+        self.delivered_frames = self.delivered_bytes = 0
 
     def send(self, frame: tuple[str, int]) -> None:
         self.received.append(frame)
@@ -31,6 +34,8 @@ class RegistryMachine(RuleBasedStateMachine):
         self.peers = [Peer(i) for i in range(4)]
         self.model: dict[int, set[str]] = {i: set() for i in range(4)}
         self.expected: dict[int, list[tuple[str, int]]] = {i: [] for i in range(4)}
+        self.bytes: dict[int, int] = {i: 0 for i in range(4)}  # what each peer was delivered, in bytes
+        self.dropped: dict[str, int] = {}  # category -> subscriptions ended by a disconnect
         self.counter = 0
 
     @rule(peer=st.integers(0, 3), channel=CHANNELS)
@@ -48,37 +53,49 @@ class RegistryMachine(RuleBasedStateMachine):
     @rule(peer=st.integers(0, 3))
     def disconnect(self, peer: int) -> None:
         self.registry.drop(self.peers[peer])
+        for channel in self.model[peer]:
+            category = channel.partition(":")[0]
+            self.dropped[category] = self.dropped.get(category, 0) + 1
         self.model[peer].clear()
 
-    @rule(channel=CHANNELS)
-    def broadcast(self, channel: str) -> None:
+    @rule(channel=CHANNELS, size=st.integers(0, 500))
+    def broadcast(self, channel: str, size: int) -> None:
         self.counter += 1
         frame = (channel, self.counter)
-        count = self.registry.deliver(channel, frame)
+        count = self.registry.deliver(channel, frame, size)
         receivers = [p for p, channels in self.model.items() if channel in channels]
         assert count == len(receivers)
         for p in receivers:
             self.expected[p].append(frame)
+            self.bytes[p] += size
 
-    @rule(channels=st.lists(CHANNELS, min_size=1, max_size=6))
-    def batch_from_the_fanout(self, channels: list[str]) -> None:
+    @rule(channels=st.lists(st.tuples(CHANNELS, st.integers(0, 500)), min_size=1, max_size=6))
+    def batch_from_the_fanout(self, channels: list[tuple[str, int]]) -> None:
         # A poll's batch: each peer gets exactly its channels' frames, in order.
         frames = []
-        for channel in channels:
+        for channel, size in channels:
             self.counter += 1
-            frames.append((channel, (channel, self.counter)))
+            frames.append((channel, (channel, self.counter), size))
         self.registry.deliver_many(frames)
         for p, joined in self.model.items():
-            self.expected[p].extend(frame for channel, frame in frames if channel in joined)
+            self.expected[p].extend(frame for channel, frame, _ in frames if channel in joined)
+            self.bytes[p] += sum(size for channel, _, size in frames if channel in joined)
 
     @invariant()
     def matches_the_model(self) -> None:
         for i, peer in enumerate(self.peers):
             assert self.registry.channels_of(peer) == frozenset(self.model[i])
             assert peer.received == self.expected[i]
+            # Counted per broadcast, yet exactly what this peer was handed.
+            assert self.registry.delivered(peer) == (len(self.expected[i]), self.bytes[i])
         stats = self.registry.statistics()
         assert stats.subscriptions == sum(len(c) for c in self.model.values())
         assert stats.channels == len(set().union(*self.model.values()))
+        held = [channel for channels in self.model.values() for channel in channels]
+        for category in ("chat", "user", "news"):
+            assert self.registry.subscriptions_by_category[category] == sum(c.startswith(category) for c in held)
+            assert self.registry.channels_by_category[category] == len({c for c in held if c.startswith(category)})
+            assert self.registry.dropped_by_category[category] == self.dropped.get(category, 0)
 
     def teardown(self) -> None:
         for peer in self.peers:

@@ -5,7 +5,9 @@ a staff-only room guarded by access control, and who is online in each room
 Run it with ``.venv/bin/modelence-trio examples.chat.app:app`` (or
 ``hypercorn --worker-class trio examples.chat.app:app``) and open
 http://127.0.0.1:8000/ in two browser windows. Signing in is typing a name
-(the development authenticator: anyone can be anyone); ``alice`` is staff.
+(the development authenticator: anyone can be anyone); ``alice`` is staff,
+and staff may watch the live dashboard:
+http://127.0.0.1:8000/_modelence/dashboard?token=alice.
 """
 
 from __future__ import annotations
@@ -97,4 +99,5 @@ app = App(
     authenticator=DevelopmentAuthenticator(roles={"alice": ["staff"]}),
     config=HubConfig(authenticated_roles=["user"]),
     static_dir=Path(__file__).parent / "static",
+    dashboard_role="staff",
 )
