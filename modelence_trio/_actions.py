@@ -136,7 +136,8 @@ class Actions:
         # Already joined: it missed nothing (if the channel keeps a history at all).
         recovered: bool | None = None if frame.since is None else history is not None
         replay: list[Outgoing] = []
-        if not registry.is_subscribed(conn, frame.channel):
+        new = not registry.is_subscribed(conn, frame.channel)
+        if new:
             refusal = conn.session.admit_join(frame.channel, frame.ref, registry.count_of(conn), trio.current_time())
             if refusal is not None:
                 joins[category, refusal.code] += 1
@@ -169,7 +170,9 @@ class Actions:
         histories = router.histories
         position = (histories.last, histories.epoch) if history is not None else (None, None)
         conn.reply(Joined(frame.channel, frame.ref, recovered, *position))
-        if presence is not None:
+        # The state after every join; one of a channel already joined costs a
+        # join's budget (it may list many members), and is left out past it.
+        if presence is not None and (new or conn.session.admit_presence(frame.ref, trio.current_time()) is None):
             conn.send_own(self.tracker.state(frame.channel, presence))
         for out in replay:
             conn.send_own(out)
@@ -188,7 +191,9 @@ class Actions:
         assert table is not None
         if table.rate_limit is not None:
             user = conn.identity.user
-            wait = table.rate_limit.retry_after(f"user:{user.id}" if user is not None else f"connection:{conn.id}")
+            # The same callers as over HTTP: the user, else the client address.
+            key = f"user:{user.id}" if user is not None else f"address:{conn.address or conn.id}"
+            wait = table.rate_limit.retry_after(key)
             if wait is not None:
                 conn.reply(ErrorFrame(ErrorCode.RATE_LIMITED, f"too many calls; retry in {wait} s", frame.ref, 429))
                 self.counters.method_call(frame.method, 429, trio.current_time() - started)

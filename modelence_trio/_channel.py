@@ -139,7 +139,8 @@ class ServerChannel(Generic[T]):
         if not trio.lowlevel.in_trio_run() and self._broadcast_from_thread(channel_id, data):
             return
         name = self._name(channel_id)
-        data = self._to_wire(data)
+        if self.payload is not None:
+            data = self._to_wire(data)
         delivered = False
         for ref in self._hubs:
             hub = ref()
@@ -167,7 +168,8 @@ class ServerChannel(Generic[T]):
                 ``RuntimeError`` and ``FanoutOverflow``).
         """
         name = self._name(channel_id)
-        data = self._to_wire(data)
+        if self.payload is not None:
+            data = self._to_wire(data)
         receipts = []
         for ref in self._hubs:
             hub = ref()

@@ -93,7 +93,7 @@ async def serve_request(hub: Hub, request: ConnectionRequest, served: ServedConn
                 if served is not None:
                     served.nurseries.add(nursery)
                 try:
-                    await hub.serve_connection(transport, identity, nursery)
+                    await hub.serve_connection(transport, identity, nursery, request.client)
                 finally:
                     if served is not None:
                         served.nurseries.discard(nursery)
@@ -103,10 +103,12 @@ async def serve_request(hub: Hub, request: ConnectionRequest, served: ServedConn
         if exc.status == 401 and _from_browser(request.headers):
             # A page cannot read a refused handshake's status, only a close
             # frame's code and reason: it learns of its bad token so, instead
-            # of reconnecting for ever (protocol.md, Authentication).
-            transport = await request.accept()
-            with trio.move_on_after(hub.config.close_timeout):
-                await transport.close(CloseCode.SESSION_ENDED, exc.reason)
+            # of reconnecting for ever (protocol.md, Authentication). The
+            # socket counts in the limits until it is closed.
+            with hub.hold_place(request.client):
+                transport = await request.accept()
+                with trio.move_on_after(hub.config.close_timeout):
+                    await transport.close(CloseCode.SESSION_ENDED, exc.reason)
             return
         await request.reject(exc.status, exc.reason)
 

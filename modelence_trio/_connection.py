@@ -71,6 +71,8 @@ class Connection:
     #: Frames other than broadcasts sent to it (welcome, replies, presence, replays), and their bytes.
     own_frames: int = 0
     own_bytes: int = 0
+    #: The client's address, when the transport knows it (rate limits of anonymous callers).
+    address: str | None = None
 
     @property
     def failed(self) -> bool:

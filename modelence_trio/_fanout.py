@@ -322,6 +322,7 @@ class MongoFanout:
         delivering into ``sink``. ``nursery.start(fanout.run, sink)`` returns
         once the sequence is ready. Broadcasts queued before the database is
         reachable wait."""
+        self._closed = False  # a hub may run again after a stop
         epoch, last_seq = await self._retrying("prepare the collections", self._prepare)
         # Both set here, in Trio's thread, at once: nobody sees one without the other.
         self._begin(sink, epoch, last_seq)

@@ -370,6 +370,11 @@ class Hub:
         with admission.hold(client):
             yield await self.identify(token_from_request(target, headers))
 
+    def hold_place(self, client: str | None) -> contextlib.AbstractContextManager[None]:
+        """Count a socket that is not served (a refusal being closed) in the
+        connection limits while the block runs."""
+        return self._admission.hold(client)
+
     async def identify(self, token: str | None) -> Identity:
         """Resolve a session token (``None``: none presented) to an identity
         with the hub's default roles; the HTTP methods endpoint uses it too.
@@ -381,12 +386,16 @@ class Hub:
 
     # --- one connection -----------------------------------------------------------
 
-    async def serve_connection(self, transport: Transport, identity: Identity, nursery: trio.Nursery) -> None:
+    async def serve_connection(
+        self, transport: Transport, identity: Identity, nursery: trio.Nursery, address: str | None = None
+    ) -> None:
         """Run one accepted connection until the peer leaves or the connection ends.
 
         Args:
             transport: the accepted WebSocket.
             identity: what :meth:`admit` resolved for its handshake.
+            address: the client's address (what per-caller limits key
+                anonymous callers by, as over HTTP).
             nursery: the hub's nursery for this connection (``serve_request``
                 opens it inside the transport's, which is under
                 :meth:`shield_connection`). A writer task runs there when the
@@ -407,6 +416,7 @@ class Hub:
             self.config.outbound_queue_bytes,
             session=Session(self._session_limits),
             counters=self._counters,
+            address=address,
         )
         started = time.monotonic()
         self._connections.add(conn)

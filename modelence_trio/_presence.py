@@ -73,15 +73,17 @@ class Presence:
             carries the total ``count``.
         counts_only: send only the number of members, never the list (large
             audiences where the list is of no use).
-        max_meta_bytes: the largest metadata, in bytes of JSON; larger is
-            logged as the app's error and sent as ``null``.
+        max_meta_bytes: the largest metadata, in bytes of JSON (at most 8 KiB,
+            so that a part of a state between instances, 1,000 members, fits
+            in one MongoDB document); larger is logged as the app's error and
+            sent as ``null``.
     """
 
     meta: MetaHook | None = None
     anonymous: bool = False
     max_members: int = attrs.field(default=100, validator=attrs.validators.ge(0))
     counts_only: bool = False
-    max_meta_bytes: int = attrs.field(default=1024, validator=attrs.validators.ge(4))
+    max_meta_bytes: int = attrs.field(default=1024, validator=[attrs.validators.ge(4), attrs.validators.le(8192)])
 
 
 @attrs.frozen
@@ -339,6 +341,9 @@ class PresenceBook:
         if self._state_due:
             self._state_due = False
             self._changed_local = {}
+            # A new version: a replica that misses this state (and the changes
+            # it carries instead of a delta) sees the next beat ahead of it.
+            self.version += 1
             entries = [
                 [channel, key, len(conns), next(iter(conns.values()))]
                 for channel, members in self._local.items()
@@ -385,14 +390,17 @@ class PresenceBook:
 
     def _apply(self, replica: _Replica, entries: list[tuple[str, str, int, str]]) -> None:
         for channel, key, connections, meta in entries:
-            members = replica.members.setdefault(channel, {})
-            old = members.get(key)
+            members = replica.members.get(channel)
+            old = members.get(key) if members is not None else None
             if old == (connections, meta) or (old is None and not connections):
-                continue
+                continue  # nothing changes: nothing kept either (a join and leave within one window)
             self._note(channel, key)
             if connections:
+                if members is None:
+                    members = replica.members[channel] = {}
                 members[key] = (connections, meta)
             else:
+                assert members is not None
                 del members[key]
                 if not members:
                     del replica.members[channel]

@@ -48,11 +48,8 @@ class Tracker:
         self._joined: dict[Connection, dict[str, str]] = {}  # connection -> channel -> member key
         self._changed = trio.Event()
         self._stopped = False
-
-    @property
-    def enabled(self) -> bool:
-        """Whether any channel category of the hub has presence."""
-        return any(channel.presence is not None for channel in self.router.channels.values())
+        #: Whether any channel category of the hub has presence (they are fixed at construction).
+        self.enabled = any(channel.presence is not None for channel in router.channels.values())
 
     def options(self, channel: str) -> Presence | None:
         server_channel = self.router.channels.get(channel.partition(":")[0])
@@ -127,7 +124,10 @@ class Tracker:
     # --- the other instances ---------------------------------------------------------------
 
     def receive(self, body: str) -> None:
-        """A presence message of another instance, read from the fan-out."""
+        """A presence message of another instance, read from the fan-out
+        (ignored by a hub without presence, which would only accumulate it)."""
+        if not self.enabled:
+            return
         try:
             self.book.receive(json.loads(body), trio.current_time())
         except (ValueError, TypeError) as exc:
@@ -150,6 +150,7 @@ class Tracker:
         a fan-out, beat and expire every ``interval``."""
         book, fanout = self.book, self.router.fanout
         book.expiry = 3 * interval
+        self._stopped = False  # a hub may run again after a stop
         next_beat = math.inf
         if fanout is not None:
             book.start()

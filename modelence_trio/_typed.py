@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 import attrs
 import cattrs
+import cattrs.cols
+import cattrs.errors
 
 __all__ = ["InvalidData", "args_type", "converter", "describe", "result_type", "structure", "unstructure"]
 
@@ -43,6 +45,50 @@ _strict(str, lambda v: isinstance(v, str), "str")
 _strict(int, lambda v: isinstance(v, int) and not isinstance(v, bool), "int")
 _strict(float, lambda v: isinstance(v, int | float) and not isinstance(v, bool), "float")
 _strict(bool, lambda v: isinstance(v, bool), "bool")
+
+
+def _collection_hook(kind: Any) -> Callable[[Any, Any], Any]:
+    """Lists, tuples and sets from a JSON array only (cattrs would take any
+    iterable: ``"abc"`` as ``["a", "b", "c"]``, an object as its keys), each
+    element checked, every failing index named (``tags[1]: expected str``)."""
+    origin, args = typing.get_origin(kind) or kind, typing.get_args(kind)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        items: list[Any] | None = list(args)  # a fixed tuple: one type per place
+    else:
+        items = None
+    item = args[0] if args else Any
+    make: Callable[[list[Any]], Any] = (
+        frozenset
+        if origin is frozenset
+        else set
+        if cattrs.cols.is_any_set(kind)
+        else tuple
+        if origin is tuple
+        else list
+    )
+
+    def hook(value: Any, _: Any) -> Any:
+        if not isinstance(value, list) or (items is not None and len(value) != len(items)):
+            raise TypeError("expected an array")
+        found, errors = [], []
+        for index, element in enumerate(value):
+            element_type = items[index] if items is not None else item
+            try:
+                found.append(converter.structure(element, element_type))
+            except Exception as exc:
+                note = cattrs.errors.IterableValidationNote(f"Structuring {kind} @ index {index}", index, element_type)
+                exc.__notes__ = [*getattr(exc, "__notes__", []), note]
+                errors.append(exc)
+        if errors:
+            raise cattrs.errors.IterableValidationError(f"While structuring {kind!r}", errors, kind)
+        return make(found)
+
+    return hook
+
+
+converter.register_structure_hook_factory(
+    lambda kind: cattrs.cols.is_sequence(kind) or cattrs.cols.is_any_set(kind), _collection_hook
+)
 
 
 class InvalidData(ValueError):

@@ -9,7 +9,7 @@ from typing import Any
 from modelence_trio import App, HubConfig, MemoryAuthenticator, MethodContext, Module, ServerChannel, User
 
 auth = MemoryAuthenticator()
-for name in ("good", "fresh"):
+for name in ("good", "fresh", "third"):
     auth.add(name, User(f"u-{name}", name))
 
 

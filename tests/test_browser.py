@@ -498,6 +498,18 @@ def test_a_refused_token_stops_the_reconnects_until_a_new_one_comes(browser: Bro
                 token = "fresh";
                 m.setAuthToken(null);
                 await within(chat.joinChannel("lobby"), "join with a fresh token");
+                // A token set while connected takes effect on the socket too (sign out, sign in).
+                const connected = events.length;
+                token = "third";
+                m.setAuthToken(null);
+                await within(new Promise((resolve) => {
+                    const watcher = setInterval(() => {
+                        if (events.length > connected + 1 && events.at(-1) === "open") {
+                            clearInterval(watcher);
+                            resolve();
+                        }
+                    }, 20);
+                }), "the reconnect with the new token");
                 return { events, refused, attemptsWhileRefused, sockets };
             }"""
         )
@@ -513,8 +525,10 @@ def test_a_refused_token_stops_the_reconnects_until_a_new_one_comes(browser: Bro
             "AuthError:session_ended:session expired or revoked, or user disabled",
             "connecting",
             "open",
+            "reconnecting",
+            "open",
         ]
-        assert [url.rsplit("token=", 1)[1] for url in outcome["sockets"]] == ["nope", "good", "fresh"]
+        assert [url.rsplit("token=", 1)[1] for url in outcome["sockets"]] == ["nope", "good", "fresh", "third"]
 
 
 def test_call_method_says_when_the_server_is_unreachable(browser: Browser, server: CliServer) -> None:

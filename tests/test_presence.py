@@ -317,3 +317,32 @@ class PresenceModel(RuleBasedStateMachine):
 
 PresenceModel.TestCase.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
 test_presence_model = PresenceModel.TestCase
+
+
+def test_a_lost_state_is_noticed_too() -> None:
+    # A sync makes an instance send its state, with the changes of the window
+    # in it instead of a delta; a replica that misses that state must notice.
+    bus, (a, _b, c) = started("a", "b", "c")
+    a.join("room:1", "a1", "ann")
+    bus.settle()
+    a.join("room:1", "a2", "bob")
+    a.receive({"kind": "sync", "instance": "b"}, 0.0)  # a new instance asks everyone
+    a.flush()
+    a.outgoing.clear()  # the state is lost (a gap given up on)
+    bus.settle()
+    assert view(c) == {"ann": 1}
+    a.beat()
+    bus.settle()
+    assert view(c) == {"ann": 1, "bob": 1}
+
+
+def test_a_join_and_leave_within_a_window_leave_nothing_behind() -> None:
+    # A delta of a member that joined and left before the flush: nothing to
+    # keep, not even an empty channel (a client could make many).
+    bus, (a, c) = started("a", "c")
+    for n in range(100):
+        a.join(f"room:{n}", "a1", "ann")
+        a.leave(f"room:{n}", "a1", "ann")
+    bus.settle()
+    assert c._replicas["a"].members == {}
+    assert c._before == {} and c._counts == {}

@@ -388,3 +388,54 @@ async def test_the_worked_example_in_protocol_md_is_what_the_server_sends(autoju
             expected = [frame for who, side, frame in lines if side == "S" and name in who.split(", ")]
             assert got[name] == expected, name
         nursery.cancel_scope.cancel()
+
+
+async def test_a_hub_without_presence_on_a_shared_bus_keeps_nothing(autojump_clock: trio.abc.Clock) -> None:
+    async with instances(1) as [(a, fanout_a)], trio.open_nursery() as nursery:
+        plain = Hub(
+            [ServerChannel("other")], config=HubConfig(presence_interval=1.0), fanout=MemoryFanout(fanout_a.bus)
+        )
+        async with open_memory_server(plain):
+            for name in USERS:
+                ws = await dial(a, nursery, name)
+                await join(ws)
+                await ws.aclose()
+            await trio.sleep(5)  # beats, expiry checks
+            book = plain._tracker.book
+            assert (book._before, book._replicas, book.outgoing) == ({}, {}, [])
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_hub_that_runs_again_still_shares_presence(autojump_clock: trio.abc.Clock) -> None:
+    bus = MemoryBus()
+    settings = HubConfig(presence_interval=1.0)
+    again = Hub([room()], authenticator=authenticator(), config=settings, fanout=MemoryFanout(bus))
+    other = Hub([room()], authenticator=authenticator(), config=settings, fanout=MemoryFanout(bus))
+    async with open_memory_server(other) as b, trio.open_nursery() as nursery:
+        watcher = await dial(b, nursery, "ann")
+        view = View(await join(watcher))
+        for name in ("bob", "cid"):  # the same hub, run twice (as a test fixture may)
+            async with open_memory_server(again) as a, trio.open_nursery() as clients:
+                await join(await dial(a, clients, name))
+                await view.until(watcher, {"u-ann", f"u-{name}"}, within=5)
+                clients.cancel_scope.cancel()
+            await view.until(watcher, {"u-ann"}, within=5)
+        nursery.cancel_scope.cancel()
+
+
+async def test_joining_again_gets_the_state_within_the_join_rate(autojump_clock: trio.abc.Clock) -> None:
+    # A join of a channel already joined answers joined and the state, but the
+    # state (many members) costs a join's budget: no flood of states.
+    async with open_memory_server(Hub([room()], authenticator=authenticator())) as server:
+        async with trio.open_nursery() as nursery:
+            ws = await dial(server, nursery, "ann")
+            await join(ws)
+            for _ in range(100):
+                await send_json(ws, {"type": "join", "channel": "room:1"})
+            frames = []
+            with trio.move_on_after(0.05):  # less than a window: no diff yet
+                while True:
+                    frames.append((await receive_json(ws))["type"])
+            assert frames.count("joined") == 100
+            assert 0 < frames.count("presence_state") <= 40  # a burst of twice 20 joins a second
+            nursery.cancel_scope.cancel()

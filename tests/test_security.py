@@ -99,6 +99,23 @@ async def test_a_browser_learns_of_a_refused_token_from_a_close_frame(nursery: t
     assert hub.statistics().connections == 0
 
 
+async def test_a_refused_browser_socket_counts_in_the_limits_until_closed(nursery: trio.Nursery) -> None:
+    # A page whose token is refused gets an accepted socket closed with 4001;
+    # if it never answers the close, that socket holds its place in the
+    # per-address limit until close_timeout, like any other.
+    config = HubConfig(max_connections_per_address=1, close_timeout=1.0)
+    url, _ = await start_server(
+        nursery, "trio-websocket", [ServerChannel("chat")], authenticator=_auth(), config=config
+    )
+    own = url.replace("ws://", "http://").removesuffix("/ws")
+    silent = await RawClient.connect(url + "?token=nope", headers=[("Origin", own)], welcome=False)  # never reads
+    await trio.sleep(0.2)
+    assert await _handshake(url, nursery, []) == 429  # the refused socket still holds the address's place
+    await trio.sleep(1.5)  # close_timeout passed: the place is free
+    assert await _handshake(url, nursery, []) == 101
+    await silent.stream.aclose()
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_allowed_origins_are_configurable(nursery: trio.Nursery, transport: str) -> None:
     config = HubConfig(allowed_origins=("https://*.example.com",))

@@ -57,6 +57,8 @@ def test_what_comes_in_is_checked_not_coerced() -> None:
         ({"text": 5, "author": {"handle": "ann"}}, ["text: expected str"]),
         ({"author": {}}, ["text: required field missing", "author.handle: required field missing"]),
         ({"text": "x", "author": {"handle": "a"}, "tags": ["a", 1]}, ["tags[1]: expected str"]),
+        ({"text": "x", "author": {"handle": "a"}, "tags": "abc"}, ["tags: expected list"]),  # not ['a', 'b', 'c']
+        ({"text": "x", "author": {"handle": "a"}, "tags": {"x": 1}}, ["tags: expected list"]),  # not its keys
         ({"text": "x", "author": {"handle": "a"}, "mood": 4}, ["mood: expected str | None"]),
         ({"text": "x", "author": {"handle": "a"}, "score": True}, ["score: expected float"]),
         ([1, 2], ["expected an object (ChatMessage), not an array"]),
@@ -188,3 +190,17 @@ async def test_a_bare_hub_has_no_methods(autojump_clock: trio.abc.Clock) -> None
         bad = await request(ws, {"type": "call", "method": "not a name", "ref": 10})
         assert (bad["code"], bad["ref"]) == ("invalid_field", 10)
         nursery.cancel_scope.cancel()
+
+
+async def test_anonymous_calls_over_the_socket_share_the_address_budget(nursery: trio.Nursery) -> None:
+    app = App([Module("chat", queries={"rooms": rooms})], methods_per_second=1)  # bursts of two
+    urls = await nursery.start(app.serve, "127.0.0.1", 0)
+    ws_url = urls[0].replace("http", "ws") + "/ws"
+    async with open_client(ws_url) as first, open_client(ws_url) as second:
+        await first.call("chat.rooms")
+        await second.call("chat.rooms")  # another connection, the same address: the same caller
+        with pytest.raises(MethodFailed) as failed:
+            await first.call("chat.rooms")
+        assert (failed.value.code, failed.value.status) == ("rate_limited", 429)
+        over_http = await http(f"{urls[0]}/api/_internal/method/chat.rooms", {"args": {}})
+        assert over_http.status == 429  # and the same as over HTTP

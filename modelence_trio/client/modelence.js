@@ -49,8 +49,9 @@ export class JoinError extends Error {
 const settings = { token: undefined, getToken: undefined, baseUrl: "" };
 let connection = null;
 
-/** Set (or clear, with null) the session token used by the WebSocket and by callMethod. After
- * the server refused the previous one (status "unauthorized"), the client connects again with it. */
+/** Set (or clear, with null) the session token used by the WebSocket and by callMethod. The
+ * socket connects again with it at once (signing out or in takes effect there too), re-joining
+ * its channels; after a refusal (status "unauthorized") that is how the client goes on. */
 export function setAuthToken(token) {
   settings.token = token ?? undefined;
   connection?.tokenChanged();
@@ -280,9 +281,15 @@ class Connection {
   }
 
   tokenChanged() {
-    if (this.waitingForToken && !this.stopped) {
+    if (this.stopped) return;
+    if (this.waitingForToken) {
       this.waitingForToken = null;
       this.open();
+    } else if (this.ready) {
+      const ws = this.ws;
+      this.attempt = 0;
+      ws.close(1000, "a new token");
+      this.lost(ws); // at once: the next connection carries the new token
     }
   }
 
@@ -393,6 +400,7 @@ class Connection {
     this.joined.delete(name);
     this.positions.delete(name);
     this.members.delete(name);
+    this.lastWanted?.delete(name);
     this.settle(name, new Error(`left ${name} before it was joined`));
     if (!this.ready) return Promise.resolve();
     return this.request({ type: "leave", channel: name }).then(() => undefined);
@@ -435,6 +443,7 @@ class Connection {
         this.joined.delete(frame.channel);
         this.positions.delete(frame.channel);
         this.members.delete(frame.channel);
+        this.lastWanted?.delete(frame.channel);
         this.reply(frame.ref, error);
         if (channel?.onJoinError) channel.onJoinError(error);
         if (this.onJoinError) this.onJoinError(error);
