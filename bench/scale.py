@@ -36,7 +36,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
-from loadgen import KEY, PING, PONG, control, cpu_seconds, masked_text, pin, rss_mib, running_server
+from loadgen import KEY, control, cpu_seconds, masked_text, pin, rss_mib, running_server
+from loadgen import Subscriber as Conn
 
 HERE = Path(__file__).resolve().parent
 CHANNELS = 1000
@@ -46,47 +47,14 @@ PER_WORKER = 5000  # connections per load-generator process (each holds one desc
 # --- a load-generator process ------------------------------------------------------------
 
 
-class Conn:
-    """One raw WebSocket client joined to its channel and ``chat:all``."""
-
-    __slots__ = ("buffer", "stream")
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buffer = b""
-
-    async def frames(self) -> list[bytes]:
-        data = await self.stream.receive_some(65536)
-        if not data:
-            raise EOFError("the server closed the connection")
-        buf, out, pos = self.buffer + data, [], 0
-        while len(buf) - pos >= 2:
-            length, start = buf[pos + 1] & 0x7F, pos + 2
-            if length == 126:
-                if len(buf) - pos < 4:
-                    break
-                length, start = int.from_bytes(buf[pos + 2 : pos + 4], "big"), pos + 4
-            elif length == 127:
-                if len(buf) - pos < 10:
-                    break
-                length, start = int.from_bytes(buf[pos + 2 : pos + 10], "big"), pos + 10
-            if len(buf) < start + length:
-                break
-            payload = buf[start : start + length]
-            if buf[pos] & 0x0F == PING:  # a heartbeat: answer it, as every client does
-                await self.stream.send_all(masked_text(payload, PONG))
-            else:
-                out.append(payload)
-            pos = start + length
-        self.buffer = buf[pos:]
-        return out
-
-
 async def open_conn(port: int, source: str, channel: str) -> Conn:
+    """One raw WebSocket client (loadgen's, which answers the server's pings)
+    from ``source``, joined to ``channel`` and ``chat:all``."""
     sock = trio.socket.socket()
     await sock.bind((source, 0))
     await sock.connect(("127.0.0.1", port))
-    conn = Conn(trio.SocketStream(sock))
+    conn = Conn()
+    conn.stream = trio.SocketStream(sock)
     request = (
         f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
