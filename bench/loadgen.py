@@ -74,8 +74,16 @@ class Subscriber:
         self.reorders = 0
         self.latencies: list[float] = []
 
-    async def connect(self, port: int, channel: str) -> None:
-        self.stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async def connect(self, port: int, channel: str, *more: str, source: str | None = None) -> None:
+        """Handshake, join ``channel`` (and ``more``), wait for every ``joined``;
+        ``source``: the local address to connect from (several spread the ports)."""
+        if source is None:
+            self.stream = await trio.open_tcp_stream("127.0.0.1", port)
+        else:
+            sock = trio.socket.socket()
+            await sock.bind((source, 0))
+            await sock.connect(("127.0.0.1", port))
+            self.stream = trio.SocketStream(sock)
         request = (
             f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -86,11 +94,11 @@ class Subscriber:
         head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
         if not head.startswith(b"HTTP/1.1 101"):
             raise RuntimeError(f"handshake refused: {head[:80]!r}")
-        await self.stream.send_all(masked_text(json.dumps({"type": "join", "channel": channel}).encode()))
-        while True:
-            for payload in await self.frames():
-                if b'"joined"' in payload:
-                    return
+        joins = [json.dumps({"type": "join", "channel": name}).encode() for name in (channel, *more)]
+        await self.stream.send_all(b"".join(masked_text(frame) for frame in joins))
+        joined = 0
+        while joined < len(joins):
+            joined += sum(b'"joined"' in payload for payload in await self.frames())
 
     async def frames(self) -> list[bytes]:
         assert self.stream is not None

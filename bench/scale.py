@@ -36,8 +36,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
-from loadgen import KEY, control, cpu_seconds, masked_text, pin, rss_mib, running_server
 from loadgen import Subscriber as Conn
+from loadgen import control, cpu_seconds, pin, rss_mib, running_server
 
 HERE = Path(__file__).resolve().parent
 CHANNELS = 1000
@@ -50,26 +50,8 @@ PER_WORKER = 5000  # connections per load-generator process (each holds one desc
 async def open_conn(port: int, source: str, channel: str) -> Conn:
     """One raw WebSocket client (loadgen's, which answers the server's pings)
     from ``source``, joined to ``channel`` and ``chat:all``."""
-    sock = trio.socket.socket()
-    await sock.bind((source, 0))
-    await sock.connect(("127.0.0.1", port))
     conn = Conn()
-    conn.stream = trio.SocketStream(sock)
-    request = (
-        f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    await conn.stream.send_all(request.encode())
-    while b"\r\n\r\n" not in conn.buffer:
-        conn.buffer += await conn.stream.receive_some(65536)
-    head, conn.buffer = conn.buffer.split(b"\r\n\r\n", 1)
-    if not head.startswith(b"HTTP/1.1 101"):
-        raise RuntimeError(f"handshake refused: {head[:60]!r}")
-    joins = [json.dumps({"type": "join", "channel": name}).encode() for name in (channel, "chat:all")]
-    await conn.stream.send_all(b"".join(masked_text(frame) for frame in joins))
-    joined = 0
-    while joined < 2:
-        joined += sum(b'"joined"' in payload for payload in await conn.frames())
+    await conn.connect(port, channel, "chat:all", source=source)
     return conn
 
 
