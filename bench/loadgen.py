@@ -90,7 +90,10 @@ class Subscriber:
         )
         await self.stream.send_all(request.encode())
         while b"\r\n\r\n" not in self.buffer:
-            self.buffer += await self.stream.receive_some(65536)
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise EOFError("server closed the connection during the handshake")
+            self.buffer += data
         head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
         if not head.startswith(b"HTTP/1.1 101"):
             raise RuntimeError(f"handshake refused: {head[:80]!r}")

@@ -45,32 +45,6 @@ if "--presence" in sys.argv:  # every connection to chat:* is a member (bench/pr
     channels["chat"] = ServerChannel("chat", presence=Presence(anonymous=True))
 
 
-class ReplayStream(trio.abc.Stream):
-    """A stream whose first bytes were already read (to route the request); it
-    hands them out again, then reads on. Exposes ``socket`` so the fast path
-    still applies."""
-
-    def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
-        self._stream = stream
-        self._prefix = prefix
-        self.socket = stream.socket
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            data, self._prefix = self._prefix, b""
-            return data
-        return await self._stream.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-
 async def run_broadcast(query: dict[str, list[str]]) -> dict[str, Any]:
     count = int(query.get("count", ["0"])[0])
     rate = float(query.get("rate", ["0"])[0])
@@ -178,7 +152,7 @@ async def handle(hub: Hub, stream: trio.SocketStream) -> None:
         finally:
             await trio.aclose_forcefully(stream)
         return
-    await serve_stream(hub, ReplayStream(stream, head))
+    await serve_stream(hub, stream, received=head)
 
 
 #: Every load-generator client comes from loopback: no per-address limit, and as many

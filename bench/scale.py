@@ -68,7 +68,10 @@ async def worker(port: int, source: str, first: int, count: int) -> None:
     async def command() -> str:
         nonlocal lines
         while b"\n" not in lines:
-            lines += await stdin.receive_some(4096)
+            chunk = await stdin.receive_some(4096)
+            if not chunk:  # the coordinator is gone
+                return "quit"
+            lines += chunk
         line, lines = lines.split(b"\n", 1)
         return line.decode()
 

@@ -8,10 +8,8 @@ there is one answer to "may this request in, and as whom".
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import traceback
-from collections.abc import Iterator
 
 import attrs
 
@@ -52,21 +50,18 @@ class Admission:
         if per_address is not None and client is not None and self._per_address[client] >= per_address:
             raise HandshakeRejected(429, "too many connections from this address")
 
-    @contextlib.contextmanager
-    def hold(self, client: str | None) -> Iterator[None]:
+    def hold(self, client: str | None) -> Held:
         """Count a handshake against the limits from its check to its end, so
-        that handshakes arriving together cannot all pass the check."""
-        self.admitted += 1
+        that handshakes arriving together cannot all pass the check
+        (``with admission.hold(client):``)."""
+        return Held(self, client)
+
+    def release(self, client: str | None) -> None:
+        self.admitted -= 1
         if client is not None:
-            self._per_address[client] += 1
-        try:
-            yield
-        finally:
-            self.admitted -= 1
-            if client is not None:
-                self._per_address[client] -= 1
-                if not self._per_address[client]:
-                    del self._per_address[client]
+            self._per_address[client] -= 1
+            if not self._per_address[client]:
+                del self._per_address[client]
 
     async def identify(self, token: str | None) -> Identity:
         """Resolve a session token (``None``: none presented) to an identity
@@ -97,3 +92,27 @@ class Admission:
         config = self.config
         base = config.anonymous_roles if identity.user is None else config.authenticated_roles
         return attrs.evolve(identity, roles=tuple(dict.fromkeys((*base, *identity.roles))))
+
+
+class Held:
+    """A place held in the connection limits (``Admission.hold``).
+
+    A class rather than a generator-based context manager: it is held for
+    a connection's whole life, and a suspended generator's frame would cost
+    every open connection several hundred bytes.
+    """
+
+    __slots__ = ("_admission", "_client")
+
+    def __init__(self, admission: Admission, client: str | None) -> None:
+        self._admission = admission
+        self._client = client
+        admission.admitted += 1
+        if client is not None:
+            admission._per_address[client] += 1
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._admission.release(self._client)

@@ -161,6 +161,8 @@ class AsgiTransport:
     def ping_nowait(self) -> None:
         return None
 
+    holds_data = False  # hypercorn pings by itself
+
     async def close(self, code: int, reason: str) -> None:
         """Send the close frame once a write under way has finished (within
         ``close_timeout``), then wait for the peer's answer (the caller bounds

@@ -11,8 +11,8 @@ and calls these two functions; see docs/architecture.md.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Sequence
+from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
 import trio
@@ -53,27 +53,56 @@ class ConnectionRequest(Protocol):
         ...
 
 
-@asynccontextmanager
-async def connection_nursery(hub: Hub) -> AsyncIterator[trio.Nursery]:
+class connection_nursery:
     """A nursery for one connection's transport tasks (trio-websocket's
     reader), under the hub's shield: a shutdown ends the connection
     politely (flush, 1001) instead of cutting a write short. Cancelled when
-    the block ends."""
-    async with trio.open_nursery() as nursery:
-        with hub.shield_connection(nursery):
-            yield nursery
-            nursery.cancel_scope.cancel()
+    the block ends.
+
+    A class, not a generator-based context manager: it lasts as long as the
+    connection, and a suspended generator would cost each open connection
+    its frame.
+    """
+
+    __slots__ = ("_hub", "_manager", "_nursery", "_shield")
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+        self._manager = trio.open_nursery()
+
+    async def __aenter__(self) -> trio.Nursery:
+        nursery = await self._manager.__aenter__()
+        self._nursery = nursery
+        self._shield = self._hub.shield_connection(nursery)
+        self._shield.__enter__()
+        return nursery
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        if exc_type is None:
+            self._nursery.cancel_scope.cancel()
+        self._shield.__exit__(exc_type, exc, tb)
+        return await self._manager.__aexit__(exc_type, exc, tb)
 
 
-async def serve_request(hub: Hub, request: ConnectionRequest, served: ServedConnections | None = None) -> None:
+async def serve_request(
+    hub: Hub,
+    request: ConnectionRequest,
+    served: ServedConnections | None = None,
+    nursery: trio.Nursery | None = None,
+) -> None:
     """Admit ``request`` (``Hub.admit``: origin, limits, token), refuse it
     with its HTTP status or accept it, and serve the connection until it ends.
 
     The hub's part of the connection runs in a nursery of its own, inside
     the transport's (:func:`connection_nursery`): cancelling it ends the
     connection while the transport's reader still sees the peer's answer to
-    the close frame. ``served`` (the server's) holds that nursery while the
-    connection is served, so a server can end just its own connections.
+    the close frame. A transport whose reading is done by this very task
+    (trio-websocket's fast path) has no reader to keep apart, and passes its
+    own ``nursery`` to be that nursery: one fewer per connection. ``served``
+    (the server's) holds that nursery while the connection is served, so a
+    server can end just its own connections.
     """
     counters = hub.counters
     if served is not None and served.stopping:
@@ -89,7 +118,7 @@ async def serve_request(hub: Hub, request: ConnectionRequest, served: ServedConn
                 with trio.move_on_after(hub.config.close_timeout):
                     await transport.close(CloseCode.GOING_AWAY, "server shutting down")
                 return
-            async with trio.open_nursery() as nursery:
+            async with _NurseryOr(nursery) as nursery:
                 if served is not None:
                     served.nurseries.add(nursery)
                 try:
@@ -97,7 +126,6 @@ async def serve_request(hub: Hub, request: ConnectionRequest, served: ServedConn
                 finally:
                     if served is not None:
                         served.nurseries.discard(nursery)
-                nursery.cancel_scope.cancel()
     except HandshakeRejected as exc:
         counters.refused[exc.status] += 1
         if exc.status == 401 and _from_browser(request.headers):
@@ -111,6 +139,32 @@ async def serve_request(hub: Hub, request: ConnectionRequest, served: ServedConn
                     await transport.close(CloseCode.SESSION_ENDED, exc.reason)
             return
         await request.reject(exc.status, exc.reason)
+
+
+class _NurseryOr:
+    """``async with _NurseryOr(nursery)``: that nursery, or a new one
+    (cancelled when the block ends) when it is ``None``."""
+
+    __slots__ = ("_given", "_manager", "_nursery")
+
+    def __init__(self, given: trio.Nursery | None) -> None:
+        self._given = given
+
+    async def __aenter__(self) -> trio.Nursery:
+        if self._given is not None:
+            return self._given
+        self._manager = trio.open_nursery()
+        self._nursery = await self._manager.__aenter__()
+        return self._nursery
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        if self._given is not None:
+            return False
+        if exc_type is None:
+            self._nursery.cancel_scope.cancel()
+        return await self._manager.__aexit__(exc_type, exc, tb)
 
 
 def _from_browser(headers: Iterable[tuple[bytes, bytes]]) -> bool:

@@ -137,7 +137,8 @@ class Connection:
         (its deadline, ``check_pong``, decides)."""
         if self.pong is None or self.pong():
             self.pong = self.transport.ping_nowait()
-            self.kick()  # the ping may be waiting in the transport
+            if self.transport.holds_data:
+                self.kick()  # the ping is waiting in the transport
             self.ping_deadline = now + timeout if self.pong is not None else math.inf
 
     def check_pong(self, now: float) -> None:

@@ -11,21 +11,20 @@ its close. docs/architecture.md draws the map.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 import trio
 
 from ._actions import Actions
-from ._admission import Admission
+from ._admission import Admission, Held
 from ._auth import Authenticator, Identity, SessionChecker
 from ._backend import FanoutBackend, Receipt
 from ._channel import ServerChannel
@@ -357,20 +356,14 @@ class Hub:
         self._admission.check(headers, client, connections=len(self._connections), stopping=self._stopping)
         return await self.identify(token_from_request(target, headers))
 
-    @contextlib.asynccontextmanager
-    async def admit(
-        self, target: str, headers: Iterable[tuple[bytes, bytes]], client: str | None = None
-    ) -> AsyncIterator[Identity]:
-        """:meth:`authenticate`, holding the handshake's place in the
+    def admit(self, target: str, headers: Iterable[tuple[bytes, bytes]], client: str | None = None) -> Admitted:
+        """``async with hub.admit(target, headers, client) as identity:``
+        :meth:`authenticate`, holding the handshake's place in the
         connection limits from the check until the block ends, so that
         handshakes arriving together cannot all pass it (what transports use)."""
-        headers = list(headers)
-        admission = self._admission
-        admission.check(headers, client, connections=len(self._connections), stopping=self._stopping)
-        with admission.hold(client):
-            yield await self.identify(token_from_request(target, headers))
+        return Admitted(self, target, headers, client)
 
-    def hold_place(self, client: str | None) -> contextlib.AbstractContextManager[None]:
+    def hold_place(self, client: str | None) -> Held:
         """Count a socket that is not served (a refusal being closed) in the
         connection limits while the block runs."""
         return self._admission.hold(client)
@@ -476,6 +469,42 @@ class Hub:
                 "bytes_out": bytes_out,
             },
         )
+
+
+class Admitted:
+    """See ``Hub.admit``. A class, not a generator-based context manager:
+    it lasts as long as the connection, and keeps neither the request's
+    headers nor a suspended frame for it."""
+
+    __slots__ = ("_client", "_headers", "_held", "_hub", "_target")
+
+    def __init__(self, hub: Hub, target: str, headers: Iterable[tuple[bytes, bytes]], client: str | None) -> None:
+        self._hub = hub
+        self._target: str | None = target
+        self._headers: Iterable[tuple[bytes, bytes]] | None = headers
+        self._client = client
+        self._held: Held | None = None
+
+    async def __aenter__(self) -> Identity:
+        hub = self._hub
+        headers, target = list(self._headers or ()), self._target or ""
+        self._headers = self._target = None
+        admission = hub._admission
+        admission.check(headers, self._client, connections=len(hub._connections), stopping=hub._stopping)
+        self._held = admission.hold(self._client)
+        try:
+            return await hub.identify(token_from_request(target, headers))
+        except BaseException:
+            self._release()
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.__exit__(None, None, None)
 
 
 class _ShieldedConnection:

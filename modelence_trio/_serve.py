@@ -59,19 +59,25 @@ async def serve_websocket(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def serve_stream(hub: Hub, stream: trio.abc.Stream, *, served: ServedConnections | None = None) -> None:
+async def serve_stream(
+    hub: Hub, stream: trio.abc.Stream, *, served: ServedConnections | None = None, received: bytes = b""
+) -> None:
     """Run the WebSocket handshake on ``stream`` and then the hub's connection core.
 
-    The connection's nursery (:func:`connection_nursery`) holds
-    trio-websocket's reader task; :func:`serve_request` does the rest.
+    This task is the connection's only one on the fast path: it reads the
+    handshake and then the messages (``FastTransport``); on the public path
+    trio-websocket's reader task runs in the connection's nursery
+    (:func:`connection_nursery`). :func:`serve_request` does the rest.
     Errors are logged and contained: one broken connection never takes down
-    the server. ``served`` is the server's (see ``serve_request``).
+    the server. ``served`` is the server's (see ``serve_request``);
+    ``received``, bytes already read from ``stream`` (a router that read the
+    request head to choose this transport), which are read again first.
     """
     try:
         async with connection_nursery(hub) as nursery:
-            request = await _trio_websocket.open_request(hub.config, nursery, stream, peer_address(stream))
+            request = await _trio_websocket.open_request(hub.config, nursery, stream, peer_address(stream), received)
             if request is not None:
-                await serve_request(hub, request, served)
+                await serve_request(hub, request, served, nursery if request.reads_in_task else None)
     except Exception:
         logger.exception("connection failed")
     finally:

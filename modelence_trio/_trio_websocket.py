@@ -10,11 +10,13 @@ same text a thousand times and wake a task for each. The fast path
   stream, under trio-websocket's own stream lock so they never interleave
   with its control frames; while nothing is queued, straight to the socket
   from the broadcast call (one ``send`` system call, no task switch);
-- the reader task runs the hub's handler itself (no second task and no queue
-  hop per received message, with backpressure kept);
+- one task per connection: the connection's own task reads the opening
+  handshake and then the peer's messages, with trio-websocket's event
+  handlers, and runs the hub's handler on each message (no reader task, no
+  queue hop and no task switch per received message; backpressure kept);
 - pings are written without waiting for their pong (one heartbeat task for
   all connections), and the objects an idle connection would keep for its
-  whole life are freed.
+  whole life are freed or shared.
 
 The internals used are those of the tested minor versions (``TESTED``,
 pinned in pyproject.toml). A probe checks them once per process, and each
@@ -28,6 +30,7 @@ connection's close frame lands on a frame boundary.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
@@ -39,7 +42,10 @@ from typing import Any
 import trio
 import trio_websocket
 import wsproto
+import wsproto.connection
 import wsproto.events
+import wsproto.utilities
+from wsproto.connection import ConnectionState
 
 from ._config import HubConfig
 from ._transport import FrameSafeStream, SendResult, Transport, TransportClosed
@@ -53,7 +59,17 @@ TESTED = ((0, 12),)  # the minor versions whose internals this module was tested
 ENABLED = os.environ.get("MODELENCE_TRIO_PUBLIC_API", "") in ("", "0")
 
 # What the fast path touches: on the class, and on each connection object.
-_CLASS_ATTRIBUTES = ("_reader_task", "_get_request", "_send")
+_CLASS_ATTRIBUTES = (
+    "_get_request",
+    "_send",
+    "_abort_web_socket",
+    "_close_stream",
+    "_handle_request_event",
+    "_handle_close_connection_event",
+    "_handle_message_event",
+    "_handle_ping_event",
+    "_handle_pong_event",
+)
 _INSTANCE_ATTRIBUTES = (
     "_stream",
     "_stream_lock",
@@ -62,7 +78,10 @@ _INSTANCE_ATTRIBUTES = (
     "_send_channel",
     "_recv_channel",
     "_open_handshake",
+    "_close_handshake",
     "_for_testing_peer_closed_connection",
+    "_reader_running",
+    "_connection_proposal",
 )
 
 
@@ -107,18 +126,23 @@ def _warn_once(problem: str) -> None:
 
 
 async def open_request(
-    config: HubConfig, nursery: trio.Nursery, stream: trio.abc.Stream, client: str | None = None
+    config: HubConfig,
+    nursery: trio.Nursery,
+    stream: trio.abc.Stream,
+    client: str | None = None,
+    received: bytes = b"",
 ) -> TrioWebSocketRequest | None:
     """Read the opening handshake on ``stream``; ``None`` if it does not
     arrive within ``handshake_timeout``.
 
-    trio-websocket's reader task runs in ``nursery``, which must outlive the
-    hub's serving of the connection: the reader is what sees the peer's
-    answer to our close frame.
+    On the fast path the calling task reads (see :class:`FastTransport`).
+    On the public one, trio-websocket's reader task runs in ``nursery``,
+    which must outlive the hub's serving of the connection: the reader is
+    what sees the peer's answer to our close frame.
     """
-    safe = FrameSafeStream(stream)
+    safe = FrameSafeStream(stream, received)
     transport: FastTransport | None = None
-    get_request: Callable[[], Awaitable[trio_websocket.WebSocketRequest]]
+    get_request: Callable[[], Awaitable[trio_websocket.WebSocketRequest | None]]
     if _fast_path_problem() is None:
         # What trio_websocket.wrap_server_stream does, keeping the connection object.
         ws = trio_websocket.WebSocketConnection(
@@ -126,13 +150,12 @@ async def open_request(
         )
         if _connection_problem(ws) is None:
             transport = FastTransport(ws, safe)
-            nursery.start_soon(ws._reader_task)
-            get_request = ws._get_request
+            get_request = transport.read_request
     if transport is None:
         get_request = functools.partial(
             trio_websocket.wrap_server_stream, nursery, safe, max_message_size=config.max_frame_size
         )
-    request = None
+    request: trio_websocket.WebSocketRequest | None = None
     with trio.move_on_after(config.handshake_timeout):
         request = await get_request()
     if request is None:
@@ -163,6 +186,12 @@ class TrioWebSocketRequest:
         self._transport = transport
         self._nursery = nursery
 
+    @property
+    def reads_in_task(self) -> bool:
+        """Whether the connection's own task reads it (the fast path): it then
+        needs no nursery of its own apart from the transport's (``serve_request``)."""
+        return self._transport is not None
+
     def _take(self) -> trio_websocket.WebSocketRequest:
         request, self._request = self._request, None
         self.headers = []
@@ -181,28 +210,97 @@ class TrioWebSocketRequest:
 
 class FastTransport:
     """A ``trio_websocket.WebSocketConnection`` seen as a :class:`Transport`,
-    below its per-message API (see the module's docstring)."""
+    below its per-message API (see the module's docstring).
+
+    No task of trio-websocket's runs: the connection's own task reads, first
+    the opening handshake (:meth:`read_request`), then the messages
+    (:meth:`run`), feeding wsproto and handing its events to
+    trio-websocket's own handlers, as its reader task would. A close started
+    by another task (the writer's 1001) is answered by that reading; a close
+    started after the reading ended (a failed connection) reads the peer's
+    answer itself (:meth:`_Inbox.aclose`).
+    """
+
+    __slots__ = ("_inbox", "_lock", "_pong", "_pong_is_set", "_stream", "_ws")
 
     def __init__(self, ws: trio_websocket.WebSocketConnection, stream: FrameSafeStream) -> None:
-        """Wrap a server-side ``ws`` before its reader task first runs.
+        """Wrap a server-side ``ws`` before anything is read.
 
-        The reader then reads into our inbox from the start, and the objects
-        it replaces are freed: an idle connection is mostly what it keeps, so
+        Messages then go to our inbox from the start, and the objects it
+        replaces are freed: an idle connection is mostly what it keeps, so
         this matters at thousands of connections. Events trio-websocket only
         ever sets on a server connection are shared.
         """
         self._ws = ws
         ws._open_handshake = ws._for_testing_peer_closed_connection = _IGNORED_EVENT
-        self._inbox = _Inbox()
+        self._inbox = _Inbox(self)
         ws._send_channel = ws._recv_channel = self._inbox  # type: ignore[assignment]
         self._lock: trio.StrictFIFOLock = ws._stream_lock
         self._stream = stream
+        self._pong = _Pong()
+        self._pong_is_set = self._pong.is_set
+        ws._pings = self._pong  # type: ignore[assignment]  # the one outstanding ping
 
-    async def run(self, on_message: Callable[[str | bytes], Awaitable[None]]) -> None:
-        # The handshake is done. wsproto would keep its h11 state for the life
-        # of the connection; only its (empty) event queue is consulted now.
-        self._ws._wsproto.handshake = _NO_HANDSHAKE
-        await self._inbox.run(on_message)
+    async def read_request(self) -> trio_websocket.WebSocketRequest | None:
+        """Read until the opening handshake's request has arrived; ``None``
+        if the peer left before it did."""
+        await self.run(_drop, until_request=True)
+        if not self._ws._reader_running:  # the peer left, or broke the protocol
+            return None
+        return await self._ws._get_request()  # its value is set: returns at once
+
+    async def run(self, on_message: Callable[[str | bytes], Awaitable[None]], *, until_request: bool = False) -> None:
+        """What trio-websocket's reader task does, in this task: read, feed
+        wsproto, hand each event to trio-websocket's handler for it (each
+        message to ``on_message``), until the connection is closed or
+        (``until_request``) the opening request has arrived.
+        One method rather than two, for one frame less on every connection's
+        parked stack."""
+        ws = self._ws
+        protocol = ws._wsproto
+        stream = self._stream
+        inbox = self._inbox
+        if not until_request:
+            # The handshake is done. wsproto would keep its h11 state for the life
+            # of the connection; only its (empty) event queue is consulted now.
+            protocol.handshake = _NO_HANDSHAKE
+        inbox.handler = on_message
+        inbox.reading = True
+        event: wsproto.events.Event | None
+        try:
+            while ws._reader_running:
+                for event in protocol.events():
+                    handler = _HANDLERS.get(type(event))
+                    if handler is None:
+                        continue  # a client's events: never seen on a server
+                    try:
+                        await handler(ws, event)
+                    except trio_websocket.ConnectionClosed:
+                        ws._reader_running = False
+                        break
+                    if until_request and type(event) is wsproto.events.Request:
+                        return
+                event = None  # not kept while parked
+                try:
+                    data = await stream.receive_some(_RECEIVE_BYTES)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    await ws._abort_web_socket()
+                    break
+                if not data:  # TCP closed: abnormal unless the close handshake was done
+                    if protocol.state != ConnectionState.CLOSED:
+                        await ws._abort_web_socket()
+                    break
+                if protocol.state != ConnectionState.CLOSED:
+                    try:
+                        protocol.receive_data(bytes(data))
+                    except wsproto.utilities.RemoteProtocolError as err:
+                        with contextlib.suppress(trio_websocket.ConnectionClosed):
+                            if err.event_hint:
+                                await ws._send(err.event_hint)
+                        await ws._close_stream()
+        finally:
+            inbox.reading = False
+            inbox.handler = _drop
 
     async def send(self, frames: Sequence[Outgoing]) -> None:
         if not frames and not self._stream.backlog:
@@ -231,17 +329,19 @@ class FastTransport:
         ws = self._ws
         if ws.closed is not None:
             return None
-        payload = next(_ping_ids).to_bytes(8, "big")
-        answered = trio.Event()
-        ws._pings[payload] = answered  # trio-websocket's reader sets it on the pong
-        wire = ws._wsproto.send(wsproto.events.Ping(payload=payload))
+        payload, wire = _ping_frame()
+        self._pong.expect(payload)
         stream = self._stream
         sent = 0 if stream.backlog or self._lock.locked() else stream.try_send(wire)
         stream.backlog += wire[sent:]  # flushed by the next send_all
-        return answered.is_set
+        return self._pong_is_set
+
+    @property
+    def holds_data(self) -> bool:
+        return bool(self._stream.backlog)
 
     async def close(self, code: int, reason: str) -> None:
-        await self._ws.aclose(code, reason)  # the reader task sees the peer's answer
+        await self._ws.aclose(code, reason)  # the reading (ours, or the inbox's) sees the peer's answer
 
     @property
     def close_code(self) -> int | None:
@@ -291,6 +391,8 @@ class PublicTransport:
         self._nursery.start_soon(ping)
         return answered.is_set
 
+    holds_data = False  # its pings are tasks of their own
+
     async def close(self, code: int, reason: str) -> None:
         await self._ws.aclose(code, reason)
 
@@ -304,57 +406,74 @@ class PublicTransport:
 class _Inbox:
     """Stands in for trio-websocket's channel of received messages.
 
-    trio-websocket's reader task hands every message to ``send``, which runs
-    the connection's handler right there: no second task per connection, no
-    queue hop and no task switch per received message, and the reader still
-    waits for the handler (backpressure). It is installed before the handshake
-    is accepted, so no message can slip into the channel it replaces; one that
-    arrives before ``run`` waits for it. Once ``run`` has ended (the
-    connection is over), messages are dropped and a handler still running is
-    cancelled: the reader task goes on only to see the peer's close.
+    trio-websocket's message handler hands every message to ``send``, which
+    runs the hub's handler right there, in the connection's task (the
+    reading waits for it: backpressure). trio-websocket closes the channel
+    when the connection closes (``aclose``): messages are dropped from then
+    on. When it is our close (``WebSocketConnection.aclose``, after its close
+    frame went out) and the connection's task is not reading any more (it
+    was cancelled: a failed connection), ``aclose`` reads until the peer's
+    answer, which is what ``WebSocketConnection.aclose`` then waits for.
     """
 
-    __slots__ = ("_closed", "_handler", "_handling", "_ready")
+    __slots__ = ("_transport", "handler", "reading")
 
-    def __init__(self) -> None:
-        self._handler: Callable[[str | bytes], Awaitable[None]] | None = None
-        self._ready: trio.Event | None = None  # made only if a message comes early
-        self._closed = trio.Event()
-        self._handling: trio.CancelScope | None = None
-
-    async def run(self, handler: Callable[[str | bytes], Awaitable[None]]) -> None:
-        self._handler = handler
-        if self._ready is not None:
-            self._ready.set()
-        try:
-            await self._closed.wait()
-        finally:
-            self._handler = _drop
-            if self._handling is not None:
-                self._handling.cancel()
+    def __init__(self, transport: FastTransport) -> None:
+        self._transport = transport
+        self.handler: Callable[[str | bytes], Awaitable[None]] = _drop
+        self.reading = False
 
     async def send(self, message: str | bytes) -> None:
-        if self._handler is None:
-            self._ready = self._ready or trio.Event()
-            await self._ready.wait()
-        assert self._handler is not None
-        if self._handler is _drop:
-            return
-        with trio.CancelScope() as self._handling:
-            await self._handler(message)
-        self._handling = None
+        await self.handler(message)
 
     async def receive(self) -> str | bytes:  # WebSocketConnection.get_message: not used
         raise trio.EndOfChannel
 
     async def aclose(self) -> None:
-        self._closed.set()
+        self.handler = _drop
+        transport = self._transport
+        if not self.reading and transport._ws._wsproto.state == ConnectionState.LOCAL_CLOSING:
+            await transport.run(_drop)
 
     async def __aenter__(self) -> _Inbox:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self._closed.set()
+        self.handler = _drop
+
+
+class _Pong:
+    """Stands in for trio-websocket's ordered dict of pings waiting for their
+    pong (a ``trio.Event`` each): the hub has one ping outstanding per
+    connection at most, so one slot, reused by every ping, does. It is also
+    the "event" trio-websocket's pong handler sets."""
+
+    __slots__ = ("answered", "payload")
+
+    def __init__(self) -> None:
+        self.payload = b""
+        self.answered = True
+
+    def expect(self, payload: bytes) -> None:
+        self.payload, self.answered = payload, False
+
+    def is_set(self) -> bool:
+        return self.answered
+
+    # What trio-websocket's pong handler uses: pings[payload], then popitem(False) until it is found.
+    def __getitem__(self, payload: bytes) -> _Pong:
+        if self.answered or payload != self.payload:
+            raise KeyError(payload)
+        return self
+
+    def __bool__(self) -> bool:
+        return not self.answered
+
+    def popitem(self, last: bool = True) -> tuple[bytes, _Pong]:
+        return self.payload, self
+
+    def set(self) -> None:
+        self.answered = True
 
 
 async def _drop(message: str | bytes) -> None:
@@ -362,6 +481,43 @@ async def _drop(message: str | bytes) -> None:
 
 
 _ping_ids = itertools.count()
+_last_ping: tuple[float, bytes, bytes] = (-1.0, b"", b"")
+
+
+def _ping_frame() -> tuple[bytes, bytes]:
+    """A ping's payload and wire bytes, shared by the pings of one second: a
+    heartbeat round pings every connection at once, and a server's frames are
+    not masked, so the frame is built once per round. (Each connection has
+    one ping outstanding at most: payloads need not differ between them.)"""
+    global _last_ping
+    now = trio.current_time()
+    if now - _last_ping[0] >= 1.0:
+        payload = next(_ping_ids).to_bytes(8, "big")
+        wire = _PING_CONNECTION.send(wsproto.events.Ping(payload=payload))
+        _last_ping = (now, payload, wire)
+    return _last_ping[1], _last_ping[2]
+
+
+def _server_connection() -> wsproto.connection.Connection:
+    return wsproto.connection.Connection(wsproto.ConnectionType.SERVER)
+
+
+_PING_CONNECTION = _server_connection()  # frames a ping as any server connection would
+_RECEIVE_BYTES = 4096  # what trio-websocket's reader asks for
+
+#: trio-websocket's handler for each event a server connection sees.
+_HANDLERS: dict[type[wsproto.events.Event], Callable[[Any, Any], Awaitable[None]]] = {
+    event: getattr(trio_websocket.WebSocketConnection, name)
+    for event, name in (
+        (wsproto.events.Request, "_handle_request_event"),
+        (wsproto.events.CloseConnection, "_handle_close_connection_event"),
+        (wsproto.events.TextMessage, "_handle_message_event"),
+        (wsproto.events.BytesMessage, "_handle_message_event"),
+        (wsproto.events.Ping, "_handle_ping_event"),
+        (wsproto.events.Pong, "_handle_pong_event"),
+    )
+    if hasattr(trio_websocket.WebSocketConnection, name)
+}
 
 
 class _IgnoredEvent:

@@ -107,11 +107,25 @@ def encode_data(channel: str, data: JsonValue) -> str:
 
 def message_frame(channel: str, body: str, offset: int | None = None, epoch: str | None = None) -> str:
     """The ``message`` frame around data already encoded by ``encode_data``:
-    string assembly, so an offset never costs a second encoding of the data."""
-    head = '{"type":"message","channel":' + _dumps(channel) + ',"data":' + body
+    string assembly, so an offset never costs a second encoding of the data
+    (and the channel's and the epoch's JSON are remembered, not encoded for
+    every broadcast)."""
+    head = _message_heads.get(channel)
+    if head is None:
+        if len(_message_heads) >= _MAX_REMEMBERED:
+            _message_heads.clear()
+        head = _message_heads[channel] = '{"type":"message","channel":' + _dumps(channel) + ',"data":'
     if offset is None:
-        return head + "}"
-    return f'{head},"offset":{int(offset)},"epoch":{_dumps(epoch)}}}'
+        return head + body + "}"
+    global _epoch_tail
+    if _epoch_tail[0] != epoch:
+        _epoch_tail = (epoch, ',"epoch":' + _dumps(epoch) + "}")
+    return head + body + ',"offset":' + str(int(offset)) + _epoch_tail[1]
+
+
+_MAX_REMEMBERED = 10_000  # channel names whose frame head is kept (then forgotten all at once)
+_message_heads: dict[str, str] = {}
+_epoch_tail: tuple[str | None, str] = ("", "")
 
 
 def encode_message(channel: str, data: JsonValue, offset: int | None = None, epoch: str | None = None) -> str:

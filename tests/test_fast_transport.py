@@ -1,0 +1,118 @@
+"""trio-websocket's fast path at the level of tasks and bytes: one task per
+connection, heartbeats without a task per ping, and a request head that a
+router already read."""
+
+from __future__ import annotations
+
+import attrs
+import trio
+import wsproto
+from wsproto.events import AcceptConnection, Pong, Request, TextMessage
+
+from modelence_trio import Hub, HubConfig, ServerChannel, _trio_websocket
+from modelence_trio._serve import serve_stream, serve_websocket
+from modelence_trio.protocol import CloseCode
+
+from .helpers import RawClient
+
+CONFIG = HubConfig(max_connections_per_address=None)
+
+
+def count_tasks(task: trio.lowlevel.Task) -> int:
+    return 1 + sum(count_tasks(child) for nursery in task.child_nurseries for child in nursery.child_tasks)
+
+
+def all_tasks() -> int:
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    return count_tasks(root)
+
+
+async def test_each_connection_is_one_task_and_heartbeats_add_none(nursery: trio.Nursery) -> None:
+    assert _trio_websocket.ENABLED
+    config = attrs.evolve(CONFIG, heartbeat_interval=0.05, heartbeat_timeout=1.0)
+    hub = Hub([ServerChannel("chat")], config=config)
+    port = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
+    await trio.sleep(0.1)
+    before = all_tasks()
+    clients = [await RawClient.connect(f"ws://127.0.0.1:{port}/ws") for _ in range(20)]
+    for client in clients:
+        await client.send_text('{"type": "join", "channel": "chat:a"}')
+        await client.read_until(lambda c=client: len(c.texts) >= 2)
+    assert all_tasks() - before == 20
+    # Several heartbeat rounds: each ping goes out whole (no writer task), and
+    # the pongs (RawClient answers pings) keep every connection open.
+    pings = [0] * len(clients)
+    for _ in range(5):
+        async with trio.open_nursery() as readers:
+            for index, client in enumerate(clients):
+                readers.start_soon(_answer_pings_for, client, 0.1, pings, index)
+        assert all_tasks() - before == 20
+    assert min(pings) >= 3  # heartbeats did run meanwhile
+    assert hub.statistics().connections == 20
+    assert not any(client.closes for client in clients)
+
+
+async def _answer_pings_for(client: RawClient, seconds: float, pings: list[int], index: int) -> None:
+    with trio.move_on_after(seconds):
+        while True:
+            client.ws.receive_data(await client.stream.receive_some(65536))
+            for event in client.ws.events():
+                if isinstance(event, wsproto.events.Ping):
+                    pings[index] += 1
+                    await client.stream.send_all(client.ws.send(event.response()))
+                elif isinstance(event, wsproto.events.CloseConnection):
+                    client.closes.append(event.code)
+
+
+async def test_a_pong_with_another_payload_does_not_answer_the_ping(nursery: trio.Nursery) -> None:
+    config = attrs.evolve(CONFIG, heartbeat_interval=0.1, heartbeat_timeout=0.3)
+    hub = Hub([ServerChannel("chat")], config=config)
+    port = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
+    client = await RawClient.connect(f"ws://127.0.0.1:{port}/ws")
+    with trio.fail_after(5):
+        while not client.closes and not client.eof:
+            # Unsolicited pongs (allowed by RFC 6455), never the ping's payload.
+            await client.stream.send_all(client.ws.send(Pong(payload=b"not yours")))
+            with trio.move_on_after(0.05):
+                data = await client.stream.receive_some(65536)
+                if not data:
+                    break
+                client.ws.receive_data(data)
+                for event in client.ws.events():
+                    if isinstance(event, wsproto.events.CloseConnection):
+                        client.closes.append(event.code)
+    assert client.closes == [CloseCode.HEARTBEAT_TIMEOUT]
+
+
+async def test_a_request_head_already_read_is_read_again(nursery: trio.Nursery) -> None:
+    # A router reads the head to choose the transport, and hands it over with the stream.
+    hub = Hub([ServerChannel("chat")], config=CONFIG)
+    await nursery.start(hub.run)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+
+    async def route(stream: trio.SocketStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive_some(7)  # in pieces
+        await serve_stream(hub, stream, received=head)
+
+    await nursery.start(trio.serve_listeners, route, listeners)
+    client = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(client.send(Request(host=f"127.0.0.1:{port}", target="/ws")))
+    texts: list[str] = []
+    accepted = False
+    with trio.fail_after(5):
+        while len(texts) < 2:
+            client.receive_data(await stream.receive_some(65536))
+            for event in client.events():
+                if isinstance(event, AcceptConnection):
+                    accepted = True
+                    await stream.send_all(client.send(TextMessage('{"type": "join", "channel": "chat:a"}')))
+                elif isinstance(event, TextMessage):
+                    texts.append(event.data)
+    assert accepted
+    assert '"welcome"' in texts[0] and '"joined"' in texts[1]
+    await stream.aclose()
