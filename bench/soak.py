@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import time
 
 import trio
@@ -59,10 +60,27 @@ async def broadcaster(port: int, deadline: float) -> None:
         await control(port, f"prefix=user:&nch={CHANNELS}&count=20&rate=20")
 
 
-async def report_every_minute(port: int, deadline: float) -> None:
+async def report_every_minute(port: int, deadline: float, samples: list[dict[str, float]]) -> None:
+    began = trio.current_time()
     while trio.current_time() + 60 < deadline:
         await trio.sleep(60)
-        print("during", json.dumps(await server_stats(port)), flush=True)
+        sample = await server_stats(port)
+        sample["minute"] = round((trio.current_time() - began) / 60)
+        samples.append(sample)
+        print("during", json.dumps(sample), flush=True)
+
+
+def flatness(samples: list[dict[str, float]]) -> dict[str, float]:
+    """How flat RSS was over the second half of the run: (max - min) / mean, in %."""
+    half = samples[len(samples) // 2 :]
+    out: dict[str, float] = {}
+    for key in ("rss_mib", "rss_mib_after_trim"):
+        values = [sample[key] for sample in half]
+        if values:
+            out[f"{key} second half: min"] = min(values)
+            out[f"{key} second half: max"] = max(values)
+            out[f"{key} second half: spread %"] = round(100 * (max(values) - min(values)) / statistics.mean(values), 1)
+    return out
 
 
 async def settle(port: int) -> dict[str, float]:
@@ -76,9 +94,11 @@ async def settle(port: int) -> dict[str, float]:
     return await server_stats(port)
 
 
-async def main(minutes: float, workers: int) -> None:
+async def main(minutes: float, workers: int, gc_mode: str) -> None:
     counts = {"cycles": 0, "frames": 0, "errors": 0}
-    async with running_server() as (_, port):
+    samples: list[dict[str, float]] = []
+    # The hub runs its background work (heartbeats, history sweeps) as in production.
+    async with running_server(gc_mode, "trio-websocket", "--run-hub") as (_, port):
         # Warm-up: one short round so that caches and pools exist at "start".
         async with trio.open_nursery() as nursery:
             for _ in range(workers):
@@ -92,7 +112,7 @@ async def main(minutes: float, workers: int) -> None:
             for _ in range(workers):
                 nursery.start_soon(client_loop, port, deadline, counts)
             nursery.start_soon(broadcaster, port, deadline)
-            nursery.start_soon(report_every_minute, port, deadline)
+            nursery.start_soon(report_every_minute, port, deadline, samples)
         end_stats = await settle(port)
         print("end  ", json.dumps(end_stats), flush=True)
         print(
@@ -109,6 +129,7 @@ async def main(minutes: float, workers: int) -> None:
                     "python blocks growth": end_stats["python_blocks"] - start_stats["python_blocks"],
                     "open fds growth": end_stats["open_fds"] - start_stats["open_fds"],
                     "live objects growth": end_stats["gc_objects"] - start_stats["gc_objects"],
+                    **flatness(samples),
                 }
             )
         )
@@ -118,6 +139,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--workers", type=int, default=200)
+    parser.add_argument(
+        "--gc", choices=["default", "tuned"], default="default", help="the server's collector (default: Python's own)"
+    )
     args = parser.parse_args()
     become_load_generator()
-    trio.run(main, args.minutes, args.workers)
+    trio.run(main, args.minutes, args.workers, args.gc)
