@@ -205,8 +205,8 @@ async def main(
         await handle(hub, stream)
 
     async with trio.open_nursery() as nursery:
-        if fanout is not None or "--presence" in sys.argv or "--run-hub" in sys.argv:
-            await nursery.start(hub.run)  # ready once the fan-out is; runs its writer and poller, presence
+        # As in production: heartbeats, history sweeps, and the fan-out's writer and poller (ready once it is).
+        await nursery.start(hub.run)
         if scrape > 0:
             nursery.start_soon(scrape_every, hub, scrape)
         await trio.serve_listeners(handler, listeners)
@@ -256,7 +256,6 @@ if __name__ == "__main__":
     parser.add_argument("--ttl", type=float, default=60, help="fan-out TTL of stored broadcasts, seconds")
     parser.add_argument("--ttl-index", action="store_true", help="expire them with MongoDB's TTL index")
     parser.add_argument("--presence", action="store_true", help="chat:* channels have presence (anonymous members)")
-    parser.add_argument("--run-hub", action="store_true", help="run the hub's background work (heartbeats)")
     parser.add_argument(
         "--scrape", type=float, default=0.0, metavar="SECONDS", help="build the /metrics exposition every SECONDS"
     )

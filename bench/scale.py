@@ -3,7 +3,7 @@
     .venv/bin/python bench/scale.py                         # 2k, 5k, 10k, 19k connections
     .venv/bin/python bench/scale.py --levels 2000,5000      # fewer, quicker
 
-For each level, a fresh ``bench/peer_server.py --run-hub`` (the bare hub on
+For each level, a fresh ``bench/peer_server.py`` (the bare hub on
 trio-websocket, heartbeats at their defaults: a ping every 25 s) pinned to
 CPU 0, and load-generator processes on CPU 1, each on a source address of its
 own (127.0.0.2, 127.0.0.3, ...: a process may hold at most 20,000
@@ -178,7 +178,7 @@ async def workers(port: int, total: int) -> AsyncIterator[Workers]:
 
 
 async def level(total: int) -> dict[str, float]:
-    async with running_server("tuned", "trio-websocket", "--run-hub", cpu=0) as (pid, port):
+    async with running_server("tuned", "trio-websocket", cpu=0) as (pid, port):
         rss_before = rss_mib(pid)
         async with workers(port, total) as group:
             start = time.perf_counter()

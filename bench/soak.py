@@ -98,7 +98,7 @@ async def main(minutes: float, workers: int, gc_mode: str) -> None:
     counts = {"cycles": 0, "frames": 0, "errors": 0}
     samples: list[dict[str, float]] = []
     # The hub runs its background work (heartbeats, history sweeps) as in production.
-    async with running_server(gc_mode, "trio-websocket", "--run-hub") as (_, port):
+    async with running_server(gc_mode, "trio-websocket") as (_, port):
         # Warm-up: one short round so that caches and pools exist at "start".
         async with trio.open_nursery() as nursery:
             for _ in range(workers):

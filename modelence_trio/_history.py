@@ -79,12 +79,15 @@ class HistoryBook:
         kept = self._channels.get(channel)
         if kept is None:
             kept = self._channels[channel] = _Channel(collections.deque(), self._forgotten, history.max_age)
-        kept.entries.append((self._last, now, text))
+        entries = kept.entries
+        entries.append((number, now, text))
         self.entries += 1
         self.bytes += len(frame.wire)  # header included: what a replay sends again
-        if len(kept.entries) > history.size:
+        if len(entries) > history.size:
             kept.floor = self._evict(kept)
-        self._expire(kept, now - history.max_age)
+        cutoff = now - history.max_age
+        if entries[0][1] < cutoff:
+            self._expire(kept, cutoff)
         return frame
 
     def replay(self, channel: str, since: Since, history: History | None, now: float) -> tuple[bool, list[Outgoing]]:

@@ -223,6 +223,7 @@ class Hub:
             raise RuntimeError("this hub is already running; servers started now share it")
         self._running = True
         self.trio_token = trio.lowlevel.current_trio_token()
+        self._router.use_clock(trio.lowlevel.current_clock())
         self._admission.max_connections = connection_limit(self.config.max_connections)
         quiet_accept_errors()
         try:
@@ -245,6 +246,7 @@ class Hub:
         finally:
             self._running = self._ready = False
             self.trio_token = None
+            self._router.use_clock(None)
             self.begin_shutdown()
             with trio.CancelScope(shield=True):
                 # The other instances: this one's members leave now, and what

@@ -60,6 +60,8 @@ class Router:
         self.fanout = fanout
         self.registry = Registry()
         self.histories = HistoryBook()
+        #: What recovery histories are stamped with: trio's clock (see ``use_clock``).
+        self.clock: Callable[[], float] = _now
         self.counters = counters if counters is not None else HubCounters()
         #: Each declared category's traffic (the counters' objects, looked up once per broadcast).
         self.traffic: dict[str, Traffic] = {category: self.counters.traffic_of(category) for category in self.channels}
@@ -75,7 +77,7 @@ class Router:
             if history is None:
                 frame = Outgoing.from_text(encode_message(name, data))
             else:
-                frame = self.histories.record(name, encode_data(name, data), history, _now())
+                frame = self.histories.record(name, encode_data(name, data), history, self.clock())
             size = len(frame.wire)
             delivered = self.registry.deliver(name, frame, size)
             traffic = self.traffic[channel.category]
@@ -91,6 +93,11 @@ class Router:
             body = encode_data(name, data)
             self._deliver(channel.category, name, Outgoing.from_text(message_frame(name, body)))  # no offsets
             fanout.publish(name, body, receipt)
+
+    def use_clock(self, clock: trio.abc.Clock | None) -> None:
+        """Stamp histories with ``clock`` (the running hub's, looked up once
+        rather than on every broadcast), or with ``None`` as before the hub runs."""
+        self.clock = clock.current_time if clock is not None else _now
 
     def _deliver(self, category: str, name: str, frame: Outgoing) -> None:
         """Hand one broadcast to local subscribers and count it, once."""
@@ -141,7 +148,7 @@ class Router:
                 if history is None:
                     frame = Outgoing.from_text(message_frame(name, body))
                 else:
-                    frame = histories.record(name, body, history, _now(), seq)
+                    frame = histories.record(name, body, history, self.clock(), seq)
             except ValueError:
                 logger.exception("fan-out: cannot send the broadcast with sequence %s; skipped", seq)
                 continue

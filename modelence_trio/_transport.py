@@ -95,6 +95,8 @@ class FrameSafeStream(trio.abc.Stream):
         # in-memory streams have none.
         self._trio_sock = sock if isinstance(sock, trio.socket.SocketType) else None
         self._fd = self._trio_sock.fileno() if self._trio_sock is not None and os.name == "posix" else -1
+        #: The socket ``try_send`` writes to directly (``None``: no such path).
+        self.write_socket = self._trio_sock if self._fd >= 0 else None
         # Read from the socket directly only when nothing else reads it (a
         # wrapper exposing its socket may hold bytes of its own).
         self._read_sock = self._trio_sock if type(stream) is trio.SocketStream and self._fd >= 0 else None
@@ -115,11 +117,12 @@ class FrameSafeStream(trio.abc.Stream):
         return None
 
     def try_send(self, data: bytes) -> int:
-        if self._fd < 0:
+        sock = self.write_socket
+        if sock is None:
             return 0
         try:
             # The socket's descriptor now (-1 once closed: never a number reused by another socket).
-            return os.write(self._trio_sock.fileno(), data)  # type: ignore[union-attr]  # non-blocking (trio made it so)
+            return os.write(sock.fileno(), data)  # non-blocking (trio made it so)
         except OSError:  # BlockingIOError, or a broken socket that send_all will report
             return 0
 

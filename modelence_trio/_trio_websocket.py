@@ -82,6 +82,7 @@ _INSTANCE_ATTRIBUTES = (
     "_for_testing_peer_closed_connection",
     "_reader_running",
     "_connection_proposal",
+    "_close_reason",
 )
 
 
@@ -314,10 +315,18 @@ class FastTransport:
                 raise TransportClosed(str(exc)) from None
 
     def send_nowait(self, wire: bytes) -> SendResult:
+        # The broadcast hot path, once per subscriber: FrameSafeStream.try_send
+        # and WebSocketConnection.closed spelled out (a call less each).
         stream = self._stream
-        if stream.backlog or self._lock.locked() or self._ws.closed is not None:
+        if stream.backlog or self._ws._close_reason is not None or self._lock.locked():
             return SendResult.QUEUE
-        sent = stream.try_send(wire)
+        sock = stream.write_socket
+        if sock is None:
+            return SendResult.QUEUE
+        try:
+            sent = os.write(sock.fileno(), wire)  # -1 once closed: never a descriptor reused since
+        except OSError:  # BlockingIOError, or a broken socket that the next send reports
+            return SendResult.QUEUE
         if sent == len(wire):
             return SendResult.SENT
         if sent == 0:
