@@ -261,10 +261,13 @@ class FastTransport:
         protocol = ws._wsproto
         stream = self._stream
         inbox = self._inbox
+        pong = self._pong
+        decoder = None
         if not until_request:
             # The handshake is done. wsproto would keep its h11 state for the life
             # of the connection; only its (empty) event queue is consulted now.
             protocol.handshake = _NO_HANDSHAKE
+            decoder = _frame_decoder(protocol)
         inbox.handler = on_message
         inbox.reading = True
         event: wsproto.events.Event | None
@@ -291,6 +294,15 @@ class FastTransport:
                     if protocol.state != ConnectionState.CLOSED:
                         await ws._abort_web_socket()
                     break
+                if (
+                    data[:2] == _PONG_HEAD
+                    and len(data) == _PONG_SIZE
+                    and decoder is not None
+                    and decoder.header is None
+                    and not decoder.buffer
+                    and pong.answered_by(data)
+                ):
+                    continue  # a heartbeat's pong, whole and alone: what wsproto would make of it, done here
                 if protocol.state != ConnectionState.CLOSED:
                     try:
                         protocol.receive_data(bytes(data))
@@ -469,6 +481,16 @@ class _Pong:
     def is_set(self) -> bool:
         return self.answered
 
+    def answered_by(self, frame: bytes | bytearray) -> bool:
+        """Whether ``frame``, a client's masked pong frame with an 8-byte
+        payload (``_PONG_HEAD``), answers the ping outstanding; noted if so."""
+        mask = int.from_bytes(frame[2:6], "big")
+        payload = (int.from_bytes(frame[6:14], "big") ^ (mask << 32 | mask)).to_bytes(8, "big")
+        if self.answered or payload != self.payload:
+            return False
+        self.answered = True
+        return True
+
     # What trio-websocket's pong handler uses: pings[payload], then popitem(False) until it is found.
     def __getitem__(self, payload: bytes) -> _Pong:
         if self.answered or payload != self.payload:
@@ -512,6 +534,21 @@ def _server_connection() -> wsproto.connection.Connection:
 
 
 _PING_CONNECTION = _server_connection()  # frames a ping as any server connection would
+#: A client's pong to our pings: FIN and opcode 0xA, masked, 8 bytes of payload; 14 bytes in all.
+_PONG_HEAD = b"\x8a\x88"
+_PONG_SIZE = 14
+
+
+def _frame_decoder(protocol: wsproto.WSConnection) -> Any:
+    """wsproto's frame decoder of an open connection, whose ``header`` is
+    ``None`` and ``buffer`` empty between frames (``None`` if wsproto has
+    moved them: the pong shortcut is then not taken)."""
+    decoder = getattr(getattr(protocol.connection, "_proto", None), "_frame_decoder", None)
+    if decoder is None or not hasattr(decoder, "header") or not hasattr(decoder, "buffer"):
+        return None
+    return decoder
+
+
 _RECEIVE_BYTES = 4096  # what trio-websocket's reader asks for
 
 #: trio-websocket's handler for each event a server connection sees.

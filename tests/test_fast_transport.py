@@ -7,6 +7,7 @@ from __future__ import annotations
 import attrs
 import trio
 import wsproto
+import wsproto.connection
 from wsproto.events import AcceptConnection, Pong, Request, TextMessage
 
 from modelence_trio import Hub, HubConfig, ServerChannel, _trio_websocket
@@ -116,3 +117,66 @@ async def test_a_request_head_already_read_is_read_again(nursery: trio.Nursery) 
     assert accepted
     assert '"welcome"' in texts[0] and '"joined"' in texts[1]
     await stream.aclose()
+
+
+async def test_a_pong_of_the_same_size_with_the_wrong_payload_does_not_answer(nursery: trio.Nursery) -> None:
+    # 8 bytes, like the server's ping payloads: the shortcut for whole pongs must compare them.
+    config = attrs.evolve(CONFIG, heartbeat_interval=0.1, heartbeat_timeout=0.3)
+    hub = Hub([ServerChannel("chat")], config=config)
+    port = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
+    client = await RawClient.connect(f"ws://127.0.0.1:{port}/ws")
+    with trio.fail_after(5):
+        while not client.closes and not client.eof:
+            data = await client.stream.receive_some(65536)
+            if not data:
+                break
+            client.ws.receive_data(data)
+            for event in client.ws.events():
+                if isinstance(event, wsproto.events.Ping):
+                    wrong = bytes(b ^ 0xFF for b in event.payload)
+                    assert len(wrong) == 8
+                    await client.stream.send_all(client.ws.send(Pong(payload=wrong)))
+                elif isinstance(event, wsproto.events.CloseConnection):
+                    client.closes.append(event.code)
+    assert client.closes == [CloseCode.HEARTBEAT_TIMEOUT]
+
+
+async def test_a_pong_split_or_sent_with_a_message_still_answers(nursery: trio.Nursery) -> None:
+    # Not the shortcut's shape (one whole pong alone): wsproto reads it.
+    config = attrs.evolve(CONFIG, heartbeat_interval=0.1, heartbeat_timeout=0.3)
+    hub = Hub([ServerChannel("chat")], config=config)
+    port = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
+    client = await RawClient.connect(f"ws://127.0.0.1:{port}/ws")
+    pongs = 0
+    with trio.move_on_after(1.5):
+        while True:
+            data = await client.stream.receive_some(65536)
+            assert data, "the server closed the connection"
+            client.ws.receive_data(data)
+            for event in client.ws.events():
+                assert not isinstance(event, wsproto.events.CloseConnection), event
+                if isinstance(event, wsproto.events.Ping):
+                    pong = client.ws.send(event.response())
+                    if pongs % 2:
+                        await client.stream.send_all(pong[:5])
+                        await trio.sleep(0.01)
+                        await client.stream.send_all(pong[5:])
+                    else:
+                        await client.stream.send_all(pong + client.ws.send(TextMessage('{"type":"ping"}')))
+                    pongs += 1
+    assert pongs >= 6
+    assert hub.statistics().connections == 1
+
+
+def test_the_pong_shortcut_reads_a_masked_pong_as_wsproto_does() -> None:
+    client = wsproto.connection.Connection(wsproto.ConnectionType.CLIENT)
+    for payload in (b"\x00" * 8, b"\x01\x02\x03\x04\x05\x06\x07\x08", bytes(range(250, 256)) + b"ab"):
+        frame = client.send(Pong(payload=payload))  # masked with a random key
+        assert frame[:2] == _trio_websocket._PONG_HEAD and len(frame) == _trio_websocket._PONG_SIZE
+        pong = _trio_websocket._Pong()
+        pong.expect(payload)
+        assert pong.answered_by(frame) and pong.is_set()
+        assert not pong.answered_by(frame)  # answered once
+        other = _trio_websocket._Pong()
+        other.expect(bytes(b ^ 1 for b in payload))
+        assert not other.answered_by(frame) and not other.is_set()
