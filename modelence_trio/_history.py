@@ -38,9 +38,11 @@ class History:
 
 @attrs.define
 class _Channel:
-    #: (offset, time, the encoded frame's text): atoms only, which the garbage
-    #: collector does not track; the wire bytes are rebuilt for a replay, which is rare.
-    entries: collections.deque[tuple[int, float, str]]
+    #: (offset, time, the encoded frame's text, its wire size): atoms only,
+    #: which the garbage collector does not track; the wire bytes are rebuilt
+    #: for a replay, which is rare. At most the history's ``size`` (the
+    #: deque's ``maxlen``: appending to a full one drops the oldest).
+    entries: collections.deque[tuple[int, float, str, int]]
     #: Every message up to this offset may be gone (evicted, expired, or from before).
     floor: int
     max_age: float
@@ -78,13 +80,19 @@ class HistoryBook:
         self._last = number
         kept = self._channels.get(channel)
         if kept is None:
-            kept = self._channels[channel] = _Channel(collections.deque(), self._forgotten, history.max_age)
+            kept = self._channels[channel] = _Channel(
+                collections.deque(maxlen=history.size), self._forgotten, history.max_age
+            )
         entries = kept.entries
-        entries.append((number, now, text))
+        size = len(frame.wire)  # header included: what a replay sends again
+        if len(entries) == entries.maxlen:  # full: the append below drops the oldest
+            oldest = entries[0]
+            kept.floor = oldest[0]
+            self.bytes -= oldest[3]
+            self.entries -= 1
+        entries.append((number, now, text, size))
         self.entries += 1
-        self.bytes += len(frame.wire)  # header included: what a replay sends again
-        if len(entries) > history.size:
-            kept.floor = self._evict(kept)
+        self.bytes += size
         cutoff = now - history.max_age
         if entries[0][1] < cutoff:
             self._expire(kept, cutoff)
@@ -100,7 +108,7 @@ class HistoryBook:
         self._expire(kept, now - history.max_age)
         if since.offset < kept.floor:
             return False, []
-        return True, [Outgoing.from_text(text) for offset, _, text in kept.entries if offset > since.offset]
+        return True, [Outgoing.from_text(text) for offset, _, text, _ in kept.entries if offset > since.offset]
 
     def tail(self, channel: str, count: int, history: History, now: float) -> list[Outgoing]:
         """The last ``count`` messages of ``channel`` still held, oldest first."""
@@ -109,7 +117,7 @@ class HistoryBook:
             return []
         self._expire(kept, now - history.max_age)
         entries = list(kept.entries)[-count:]
-        return [Outgoing.from_text(text) for _, _, text in entries]
+        return [Outgoing.from_text(text) for _, _, text, _ in entries]
 
     @property
     def last(self) -> int:
@@ -123,7 +131,7 @@ class HistoryBook:
                 last = kept.entries[-1][0] if kept.entries else kept.floor
                 self._forgotten = max(self._forgotten, last)
                 self.entries -= len(kept.entries)
-                self.bytes -= sum(_wire_size(text) for _, _, text in kept.entries)
+                self.bytes -= sum(size for _, _, _, size in kept.entries)
                 del self._channels[name]
 
     def __len__(self) -> int:
@@ -136,14 +144,7 @@ class HistoryBook:
 
     def _evict(self, kept: _Channel) -> int:
         """Forget the oldest message of ``kept``; its offset."""
-        offset, _, text = kept.entries.popleft()
+        offset, _, _, size = kept.entries.popleft()
         self.entries -= 1
-        self.bytes -= _wire_size(text)
+        self.bytes -= size
         return offset
-
-
-def _wire_size(text: str) -> int:
-    """The bytes of a kept frame as sent: its WebSocket header and its UTF-8
-    text (``Outgoing.from_text``'s length, without encoding ASCII text)."""
-    size = len(text) if text.isascii() else len(text.encode())
-    return size + (2 if size < 126 else 4 if size < 1 << 16 else 10)

@@ -120,7 +120,7 @@ def message_frame(channel: str, body: str, offset: int | None = None, epoch: str
     global _epoch_tail
     if _epoch_tail[0] != epoch:
         _epoch_tail = (epoch, ',"epoch":' + _dumps(epoch) + "}")
-    return head + body + ',"offset":' + str(int(offset)) + _epoch_tail[1]
+    return f'{head}{body},"offset":{int(offset)}{_epoch_tail[1]}'
 
 
 _MAX_REMEMBERED = 10_000  # channel names whose frame head is kept (then forgotten all at once)
