@@ -55,6 +55,9 @@ def connection_limit(configured: int | None) -> int | None:
             room,
         )
         return room
+    logger.info(
+        "open-file limit %d: room for %d connections; serving at most %d (max_connections)", files, room, configured
+    )
     return configured
 
 

@@ -360,11 +360,15 @@ def test_max_connections_is_clamped_below_the_open_file_limit(
 ) -> None:
     from modelence_trio import _resources
 
+    caplog.set_level("INFO", logger="modelence_trio")
     monkeypatch.setattr(_resources, "raise_open_file_limit", lambda: 1024)
     assert _resources.connection_limit(10_000) == 1024 - _resources.DESCRIPTOR_RESERVE
     assert _resources.connection_limit(500) == 500
     warnings = [r.getMessage() for r in caplog.records if "open files" in r.getMessage()]
     assert len(warnings) == 1 and "960" in warnings[0]
+    # Unclamped, the start-up still says how many connections it can hold.
+    said = [r.getMessage() for r in caplog.records if "open-file limit" in r.getMessage()]
+    assert said == ["open-file limit 1024: room for 960 connections; serving at most 500 (max_connections)"]
 
 
 def test_the_soft_open_file_limit_is_raised_to_the_hard_one() -> None:
