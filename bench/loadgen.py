@@ -235,6 +235,9 @@ async def running_server(
         server.wait(10)
 
 
-async def server_stats(port: int) -> dict[str, float]:
-    """The server's own view: connections, subscriptions, tasks, RSS."""
-    return await http_get(port, "/bench/stats")
+async def server_stats(port: int, *, trim: bool = True) -> dict[str, float]:
+    """The server's own view: connections, subscriptions, tasks, RSS.
+    ``trim``: also give freed C-allocator memory back and measure again
+    (``rss_mib_after_trim``); that changes the process, so a run whose RSS
+    is watched over time asks without it."""
+    return await http_get(port, "/bench/stats" if trim else "/bench/stats?trim=0")

@@ -101,15 +101,16 @@ class CommandCounter(pymongo.monitoring.CommandListener):
         pass
 
 
-def stats(hub: Hub) -> dict[str, float]:
+def stats(hub: Hub, trim: bool = True) -> dict[str, float]:
     """What the soak test watches for growth."""
     gc.collect()  # count what is alive, not garbage the tuned collector has not reached yet
     hub_stats = hub.statistics()
     rss_kib = _rss_kib()
     # Memory the C allocator holds but no object uses (freed, not given back)
     # is not a leak: give it back and measure again to tell the two apart.
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    if trim:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
     return {
         "rss_mib_after_trim": round(_rss_kib() / 1024, 1),
         "python_blocks": sys.getallocatedblocks(),
@@ -144,7 +145,7 @@ async def handle(hub: Hub, stream: trio.SocketStream) -> None:
         if url.path == "/bench/broadcast":
             body = json.dumps(await run_broadcast(parse_qs(url.query))).encode()
         elif url.path == "/bench/stats":
-            body = json.dumps(stats(hub)).encode()
+            body = json.dumps(stats(hub, parse_qs(url.query).get("trim") != ["0"])).encode()
         response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
         response += b"Content-Length: %d\r\n\r\n" % len(body) + body
         try:

@@ -64,7 +64,7 @@ async def report_every_minute(port: int, deadline: float, samples: list[dict[str
     began = trio.current_time()
     while trio.current_time() + 60 < deadline:
         await trio.sleep(60)
-        sample = await server_stats(port)
+        sample = await server_stats(port, trim=False)  # nothing given back between samples
         sample["minute"] = round((trio.current_time() - began) / 60)
         samples.append(sample)
         print("during", json.dumps(sample), flush=True)
@@ -74,7 +74,7 @@ def flatness(samples: list[dict[str, float]]) -> dict[str, float]:
     """How flat RSS was over the second half of the run: (max - min) / mean, in %."""
     half = samples[len(samples) // 2 :]
     out: dict[str, float] = {}
-    for key in ("rss_mib", "rss_mib_after_trim"):
+    for key in ("rss_mib",):
         values = [sample[key] for sample in half]
         if values:
             out[f"{key} second half: min"] = min(values)
