@@ -205,6 +205,8 @@ async def serve(app: App, host: str, port: int, mongodb_wait: float = 30.0) -> N
             try:
                 urls = await nursery.start(run)
             except OSError as exc:
+                if exc.filename is not None:  # the metrics bind
+                    raise StartupError(f"--metrics-bind {exc.filename}: {exc.strerror or exc}") from None
                 raise StartupError(describe_bind_error(exc, host, port)) from None
             serving = True
             metrics = app.metrics
