@@ -1,4 +1,4 @@
-"""Modelence-style apps: modules of channels and methods, served as one ASGI app."""
+"""Modelence-style apps: modules of channels and methods, one ASGI app, and ``App.serve``."""
 
 from __future__ import annotations
 
@@ -99,11 +99,12 @@ class App:
     It is an ASGI application: the WebSocket endpoint at ``websocket_path``,
     the methods at ``POST /api/_internal/method/<module>.<method>``, the
     JavaScript client at ``/_modelence/client.js`` and, if given,
-    ``static_dir`` (``index.html`` at ``/``). Serve it with
-    ``hypercorn --worker-class trio mymodule:app``, with the command line
-    ``modelence-trio mymodule:app``, or from a Trio program with
-    :meth:`serve`. Its hub (``app.hub``) can also be served by
-    :func:`serve_websocket` on another port, the faster transport.
+    ``static_dir`` (``index.html`` at ``/``). Serve it with the command line
+    ``modelence-trio mymodule:app`` or from a Trio program with
+    :meth:`serve`: WebSockets on the fast transport (trio-websocket, as
+    :func:`serve_websocket`), everything else through hypercorn, on one port.
+    Under ``hypercorn --worker-class trio mymodule:app`` (or another ASGI
+    server) its WebSockets go through ASGI, about a third as fast.
 
     With ``mongodb`` (a URI, a ``MongoClient`` or a ``Database``: one client
     may serve the app's own code and ``MongoSessionAuthenticator`` too) or a
