@@ -341,6 +341,19 @@ async def test_other_requests_get_what_hypercorn_alone_gives(
     assert answers[0].startswith(b"HTTP/1.1 4") or answers[0].startswith(b"HTTP/1.1 2")
 
 
+@pytest.mark.parametrize("transport", ["app", "hypercorn"])
+async def test_a_stalled_http_request_is_closed_after_the_read_timeout(
+    nursery: trio.Nursery, tmp_path: Path, transport: str
+) -> None:
+    app = make_app(tmp_path, heartbeat_interval=1.0, heartbeat_timeout=0.5, close_timeout=0.5)  # read_timeout: 2 s
+    port = int((await serve_app(nursery, app, transport))[0].rsplit(":", 1)[1])
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(head(b"POST /api/_internal/method/m.q HTTP/1.1", b"Content-Length: 100") + b"{")
+        start = time.monotonic()
+        await until_closed(stream)
+        assert 1.5 < time.monotonic() - start < 5  # not request_timeout's 30 s
+
+
 @routed
 async def test_a_head_that_never_finishes_is_closed_after_the_handshake_timeout(served: tuple[App, int]) -> None:
     app, port = served  # handshake_timeout=0.5
