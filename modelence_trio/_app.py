@@ -104,7 +104,8 @@ class App:
     :meth:`serve`: WebSockets on the fast transport (trio-websocket, as
     :func:`serve_websocket`), everything else through hypercorn, on one port.
     Under ``hypercorn --worker-class trio mymodule:app`` (or another ASGI
-    server) its WebSockets go through ASGI, about a third as fast.
+    server) its WebSockets go through ASGI: 40% of the deliveries on one busy
+    channel, two thirds on many (bench/RESULTS.md).
 
     With ``mongodb`` (a URI, a ``MongoClient`` or a ``Database``: one client
     may serve the app's own code and ``MongoSessionAuthenticator`` too) or a
@@ -230,10 +231,11 @@ class App:
         most 16 KiB, within ``HubConfig.handshake_timeout``; a longer head is
         answered 431, a slower one closed). A WebSocket handshake to
         ``websocket_path`` is served as :func:`serve_websocket` serves it
-        (trio-websocket with the fast path, about three times as fast as
-        through ASGI); every other request goes to hypercorn's HTTP server
-        for that connection, and is answered as ``hypercorn`` would
-        (keep-alive, h2c, the app's routes over ASGI). The app's background
+        (trio-websocket with the fast path: what the bare hub delivers, 2.5
+        times as much as through ASGI on one busy channel); every other
+        request goes to hypercorn's HTTP server for that connection, and is
+        answered as ``hypercorn`` would (keep-alive, h2c, the app's routes
+        over ASGI). The app's background
         work (the hub, the dashboard) runs as under ASGI's lifespan. When
         hypercorn's internals cannot be used for that (an untested version,
         or ``MODELENCE_TRIO_PUBLIC_API=1``), it serves everything through
