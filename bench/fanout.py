@@ -5,8 +5,9 @@
     .venv/bin/python bench/fanout.py --workloads w1,w3 --variants before,after,scraped --before /tmp/base \
         --reps 5                                      # metrics: another commit, this one, scraped every 1 s
 
-Starts ``bench/peer_server.py`` (the real ``serve_websocket`` path) pinned to
-CPU 0 and drives it from this process pinned to CPU 1 with a minimal raw
+Starts ``bench/peer_server.py`` (the real ``serve_websocket`` path; with
+``--transports app`` the App under ``App.serve``, with ``hypercorn`` the App
+under hypercorn alone) pinned to CPU 0 and drives it from this process pinned to CPU 1 with a minimal raw
 WebSocket client written for the purpose (RFC 6455 framing, no library), so
 the numbers measure the server, as far as one Python load generator allows:
 watch its CPU column. It prints numbers; it asserts nothing. For the
@@ -146,7 +147,10 @@ def main() -> None:
     parser.add_argument("--conns", type=int, default=5000, help="idle connections in W4")
     parser.add_argument("--gc", choices=["tuned", "default"], default="tuned")
     parser.add_argument(
-        "--transports", default="trio-websocket,hypercorn", help="comma-separated: trio-websocket, hypercorn"
+        "--transports",
+        default="trio-websocket,app,hypercorn",
+        help="comma-separated: trio-websocket (the bare hub), app (the App under App.serve), hypercorn (the App "
+        "under hypercorn alone)",
     )
     parser.add_argument("--variants", default="after", help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--before", metavar="DIR", help="a checkout of the commit the 'before' variant runs")

@@ -2,14 +2,19 @@
 
     bench.py --server-cmd "/path/to/.venv/bin/python bench/peer_server.py --port {port}" --server-name modelence-trio
     bench.py --server-cmd ".../python bench/peer_server.py --transport hypercorn --port {port}" ...
+    bench.py --server-cmd ".../python bench/peer_server.py --transport app --port {port}" ...
 
 WebSocket clients join `chat:*` or `user:*` channels with protocol v1 (the
 harness's join/joined/message frames are a subset of it). A plain HTTP
 `GET /bench/broadcast?...` on the same port runs the broadcast loop the
 harness's README describes, inside the server, through `ServerChannel.broadcast`,
 and answers once it is done. Everything else on the port is the real
-`serve_websocket` code path, or with `--transport hypercorn` the real `App`
-under hypercorn (ASGI), with the control endpoint as a route in front of it.
+`serve_websocket` code path; with `--transport hypercorn` the real `App`
+under hypercorn alone (ASGI, as plain `hypercorn` serves it), with the control
+endpoint as a route in front of it; with `--transport app` the real `App`
+served by `App.serve` (what the `modelence-trio` command runs: WebSockets on
+the fast transport, HTTP through hypercorn), the control endpoint an HTTP
+route of the app.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ import pymongo.monitoring
 import trio
 
 from modelence_trio import App, Hub, HubConfig, Module, MongoFanout, Presence, ServerChannel
+from modelence_trio._asgi import Receive, Scope, Send
+from modelence_trio._route import ReplayStream
 from modelence_trio._serve import serve_stream
 
 PAD = "x" * 56
@@ -213,6 +220,34 @@ async def main(
         await trio.serve_listeners(handler, listeners)
 
 
+class BenchApp(App):
+    """The App with the control endpoint as one more HTTP route."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/bench/"):
+            await super().__call__(scope, receive, send)
+            return
+        body = b"ok"
+        if scope["path"] == "/bench/broadcast":
+            body = json.dumps(await run_broadcast(parse_qs(scope["query_string"].decode()))).encode()
+        elif scope["path"] == "/bench/stats":
+            body = json.dumps(stats(self.hub)).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def main_app(port: int, gc_mode: str, scrape: float = 0.0) -> None:
+    """The App served by `App.serve`, as the `modelence-trio` command serves it."""
+    app = BenchApp([Module("bench", channels=channels.values())], config=BENCH_CONFIG, websocket_path="/")
+    tune_gc(gc_mode)
+    print(f"modelence-trio peer server (App.serve) on port {port} (gc={gc_mode})", flush=True)
+    async with trio.open_nursery() as nursery:
+        if scrape > 0:
+            nursery.start_soon(scrape_every, app.hub, scrape)
+        await nursery.start(app.serve, "127.0.0.1", port)
+
+
 async def main_hypercorn(port: int, gc_mode: str, scrape: float = 0.0) -> None:
     """The same, with the App under hypercorn: what `modelence-trio` and
     `hypercorn --worker-class trio` run."""
@@ -250,7 +285,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--gc", choices=["default", "tuned"], default="tuned")
-    parser.add_argument("--transport", choices=["trio-websocket", "hypercorn"], default="trio-websocket")
+    parser.add_argument("--transport", choices=["trio-websocket", "hypercorn", "app"], default="trio-websocket")
     parser.add_argument("--mongodb-uri", help="share broadcasts with other instances through this MongoDB")
     parser.add_argument("--no-history", action="store_true", help="channels keep no recovery history (no offsets)")
     parser.add_argument("--poll-interval", type=float, default=0.05, help="fan-out poll interval, seconds")
@@ -264,6 +299,8 @@ if __name__ == "__main__":
     with contextlib.suppress(KeyboardInterrupt):
         if args.transport == "hypercorn":
             trio.run(main_hypercorn, args.port, args.gc, args.scrape)
+        elif args.transport == "app":
+            trio.run(main_app, args.port, args.gc, args.scrape)
         else:
             trio.run(
                 main, args.port, args.gc, args.mongodb_uri, args.poll_interval, args.ttl, args.ttl_index, args.scrape

@@ -1,13 +1,15 @@
-"""Modelence-style apps: modules of channels and methods, served as one ASGI app."""
+"""Modelence-style apps: modules of channels and methods, one ASGI app, and ``App.serve``."""
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import functools
 import logging
 import math
 import mimetypes
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
@@ -20,11 +22,13 @@ import hypercorn.config
 import hypercorn.trio
 import trio
 
+from . import _hypercorn
 from ._asgi import Receive, Scope, Send, serve_asgi_websocket
 from ._auth import Authenticator
 from ._backend import FanoutBackend
 from ._channel import ServerChannel
 from ._config import HubConfig
+from ._connect import ServedConnections
 from ._counters import OTHER
 from ._dashboard import CATEGORY as DASHBOARD_CATEGORY
 from ._dashboard import PAGE_PATH as DASHBOARD_PATH
@@ -36,6 +40,8 @@ from ._hub import Hub
 from ._listen import bind_listener
 from ._methods import HttpResponse, Method, MethodRateLimit, MethodTable, call_method, typed_method
 from ._ops import Bind, MetricsEndpoint, healthz, metrics_response, readyz, require_role
+from ._route import ReplayStream, Route, receive_head
+from ._serve import serve_stream
 
 if TYPE_CHECKING:
     from ._fanout import MongoTarget
@@ -93,11 +99,13 @@ class App:
     It is an ASGI application: the WebSocket endpoint at ``websocket_path``,
     the methods at ``POST /api/_internal/method/<module>.<method>``, the
     JavaScript client at ``/_modelence/client.js`` and, if given,
-    ``static_dir`` (``index.html`` at ``/``). Serve it with
-    ``hypercorn --worker-class trio mymodule:app``, with the command line
-    ``modelence-trio mymodule:app``, or from a Trio program with
-    :meth:`serve`. Its hub (``app.hub``) can also be served by
-    :func:`serve_websocket` on another port, the faster transport.
+    ``static_dir`` (``index.html`` at ``/``). Serve it with the command line
+    ``modelence-trio mymodule:app`` or from a Trio program with
+    :meth:`serve`: WebSockets on the fast transport (trio-websocket, as
+    :func:`serve_websocket`), everything else through hypercorn, on one port.
+    Under ``hypercorn --worker-class trio mymodule:app`` (or another ASGI
+    server) its WebSockets go through ASGI: 40% of the deliveries on one busy
+    channel, two thirds on many (bench/RESULTS.md).
 
     With ``mongodb`` (a URI, a ``MongoClient`` or a ``Database``: one client
     may serve the app's own code and ``MongoSessionAuthenticator`` too) or a
@@ -216,7 +224,23 @@ class App:
         shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
         task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve the app with hypercorn in this Trio program.
+        """Serve the app in this Trio program, on one port: WebSockets on the
+        fast transport, everything else through hypercorn.
+
+        It accepts each connection itself and reads its request head (at
+        most 16 KiB, within ``HubConfig.handshake_timeout``; a longer head is
+        answered 431, a slower one closed). A WebSocket handshake to
+        ``websocket_path`` is served as :func:`serve_websocket` serves it
+        (trio-websocket with the fast path: what the bare hub delivers, 2.5
+        times as much as through ASGI on one busy channel); every other
+        request goes to hypercorn's HTTP server for that connection, and is
+        answered as ``hypercorn`` would (keep-alive, h2c, the app's routes
+        over ASGI). The app's background
+        work (the hub, the dashboard) runs as under ASGI's lifespan. When
+        hypercorn's internals cannot be used for that (an untested version,
+        or ``MODELENCE_TRIO_PUBLIC_API=1``), it serves everything through
+        ``hypercorn.trio.serve`` instead, WebSockets over ASGI, with one
+        warning.
 
         ``nursery.start(app.serve, host, port)`` returns the URLs it listens
         on (port 0 picks a free one), the metrics bind's last if it has one.
@@ -229,34 +253,123 @@ class App:
         ``HubConfig.drain_delay`` new WebSockets get 503 and every connection
         flushes what is queued and closes with 1001, HTTP requests under way
         are answered (all within ``HubConfig.shutdown_grace``), and then the
-        server stops at once: nothing else is waited for (hypercorn's own
-        ``graceful_timeout`` would otherwise keep every closed WebSocket's
-        ping task, and so the whole server, alive for up to its length).
-        With nothing queued and no drain delay that is well under a second.
-        Cancelling this task shuts down the same way, but at once, and the
-        server stops listening at once.
+        server stops at once: nothing else is waited for (idle keep-alive
+        connections are closed). With nothing queued and no drain delay that
+        is well under a second. Cancelling this task shuts down the same
+        way, but at once: it stops listening, HTTP connections end, and its
+        WebSockets flush and close with 1001 (within ``shutdown_grace``), even
+        on a hub that another server shares and goes on running.
+
+        A connection that sends nothing (no request, no body, no pong to the
+        heartbeat pings) for hypercorn's ``read_timeout`` is closed (the
+        heartbeat's interval, timeout and ``close_timeout`` added up; 60 s or
+        ``request_timeout`` without heartbeats): slow-loris requests included.
 
         Raises:
-            OSError: ``host:port`` cannot be bound (see ``errno``).
+            OSError: ``host:port`` cannot be bound (see ``errno``); or the
+                metrics bind, whose address is then the error's ``filename``.
         """
-        listener = bind_listener(host, port)
+        sockets = [bind_listener(host, port)]
+        with contextlib.ExitStack() as closing:
+            closing.enter_context(sockets[0])
+            metrics_bind = self.metrics.bind if self.metrics is not None else None
+            if metrics_bind is not None:
+                sockets.append(closing.enter_context(_bind(metrics_bind)))
+            problem = _hypercorn.connection_server_problem()
+            if problem is not None:
+                _hypercorn.warn_connection_server_off(problem)
+                await self._serve_hypercorn(sockets, shutdown_trigger, task_status=task_status)
+            else:
+                await self._serve_routed(sockets, shutdown_trigger, task_status=task_status)
+
+    def _hypercorn_config(self) -> hypercorn.config.Config:
+        """hypercorn's settings for this app (its binds aside)."""
         config = hypercorn.config.Config()
-        config.bind = [f"fd://{listener.detach()}"]  # hypercorn listens on it
-        metrics_bind = self.metrics.bind if self.metrics is not None else None
-        if metrics_bind is not None:
-            config.bind.append(str(metrics_bind))
-        config.websocket_max_message_size = self.hub.config.max_frame_size
-        config.websocket_ping_interval = self.hub.config.heartbeat_interval
+        hub = self.hub.config
+        config.websocket_max_message_size = hub.max_frame_size
+        config.websocket_ping_interval = hub.heartbeat_interval
         # A connection that sends nothing (no request, no body, no pong to
         # those pings) for this long is closed: slow-loris requests included.
-        hub = self.hub.config
         if hub.heartbeat_interval is not None:
             config.read_timeout = math.ceil(hub.heartbeat_interval + hub.heartbeat_timeout + hub.close_timeout)
         else:
             config.read_timeout = math.ceil(max(60.0, self.request_timeout))
-        config.graceful_timeout = self.hub.config.shutdown_grace
+        config.graceful_timeout = hub.shutdown_grace
         config.accesslog = None
         config.errorlog = logging.getLogger("hypercorn.error")
+        return config
+
+    async def _serve_routed(
+        self,
+        sockets: list[socket.socket],
+        shutdown_trigger: Callable[[], Awaitable[object]] | None,
+        *,
+        task_status: trio.TaskStatus[list[str]],
+    ) -> None:
+        """``serve``, accepting connections itself (see there), on its port
+        and (``sockets[1]``, if any) the metrics bind."""
+        config = self._hypercorn_config()
+        http = _hypercorn.ConnectionServer(self, config)
+        for sock in sockets:
+            sock.listen(config.backlog)
+        urls = [f"http://{_address(sock)}" for sock in sockets]
+        if len(sockets) > 1:
+            self._metrics_bind = Bind.parse(urls[-1].removeprefix("http://"))  # the port it got, if 0
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
+        served = ServedConnections()
+        hub, timeout = self.hub, self.hub.config.handshake_timeout
+
+        async def route(stream: trio.SocketStream) -> None:
+            try:
+                head = await receive_head(stream, self.websocket_path, timeout)
+                if head is None:
+                    return  # closed
+                where, data = head
+                if where is Route.WEBSOCKET:
+                    await serve_stream(hub, ReplayStream(stream, data), served=served)
+                else:
+                    await http.serve(ReplayStream(stream, data))
+            except Exception:
+                logger.exception("connection failed")
+            finally:
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(stream)
+
+        async def ops_only(stream: trio.SocketStream) -> None:
+            try:
+                await http.serve(stream)  # serves no WebSocket: the app answers 1008 there
+            except Exception:
+                logger.exception("connection failed")
+
+        async def end_connections_when_cancelled() -> None:
+            try:
+                await trio.sleep_forever()
+            finally:
+                served.stop(hub)  # its own WebSockets, even on a shared hub; handshakes under way get 503
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._run_background)
+            nursery.start_soon(end_connections_when_cancelled)
+            await nursery.start(trio.serve_listeners, route, listeners[:1])
+            if len(listeners) > 1:
+                await nursery.start(trio.serve_listeners, ops_only, listeners[1:])
+            task_status.started(urls)
+            await (shutdown_trigger or trio.sleep_forever)()
+            await self.drain()
+            nursery.cancel_scope.cancel()  # what is left is nobody's: idle keep-alive connections
+
+    async def _serve_hypercorn(
+        self,
+        sockets: list[socket.socket],
+        shutdown_trigger: Callable[[], Awaitable[object]] | None,
+        *,
+        task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """``serve`` through ``hypercorn.trio.serve`` alone (its public API),
+        WebSockets over ASGI as under ``hypercorn --worker-class trio``; on
+        its port and (``sockets[1]``, if any) the metrics bind."""
+        config = self._hypercorn_config()
+        config.bind = [f"fd://{sock.detach()}" for sock in sockets]  # hypercorn listens on them
 
         async def drain_then_stop() -> None:
             await (shutdown_trigger or trio.sleep_forever)()
@@ -276,8 +389,8 @@ class App:
                 mode="asgi",
             )
             urls: list[str] = await nursery.start(serving)
-            if metrics_bind is not None and metrics_bind.port == 0:
-                self._metrics_bind = Bind.parse(urls[-1].removeprefix("http://"))  # the port it got
+            if len(sockets) > 1:
+                self._metrics_bind = Bind.parse(urls[-1].removeprefix("http://"))  # the port it got, if 0
             task_status.started(urls)
 
     async def drain(self) -> None:
@@ -315,19 +428,27 @@ class App:
             await self._lifespan(receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        """The app's background work (the hub's heartbeats and session
-        checks) lives in a nursery owned by the server's lifespan task."""
+        """ASGI lifespan: the app's background work runs in a nursery owned by the server's lifespan task."""
         if (await receive())["type"] != "lifespan.startup":
             return
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._run_background)
+            await send({"type": "lifespan.startup.complete"})
+            await receive()  # lifespan.shutdown
+            nursery.cancel_scope.cancel()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def _run_background(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The app's background work (the hub's heartbeats and session
+        checks, the dashboard) until cancelled; started once the hub is ready.
+        Under ASGI's lifespan, and ``serve`` runs it itself."""
         async with trio.open_nursery() as nursery:
             if not self.hub.running:  # else it is shared, and run by its owner
                 await nursery.start(self.hub.run)
             if self.dashboard_role is not None:
                 nursery.start_soon(run_dashboard, self.hub)
-            await send({"type": "lifespan.startup.complete"})
-            await receive()  # lifespan.shutdown
-            nursery.cancel_scope.cancel()
-        await send({"type": "lifespan.shutdown.complete"})
+            task_status.started()
+            await trio.sleep_forever()
 
     def _on_metrics_bind(self, scope: Scope) -> bool:
         """Whether the request came in on the metrics bind (which serves nothing else)."""
@@ -442,6 +563,31 @@ _DASHBOARD_HEADERS = (
         b"img-src 'self'; frame-ancestors 'none'; base-uri 'none'",
     ),
 )
+
+
+def _bind(bind: Bind) -> socket.socket:
+    """A socket bound to ``bind`` (not listening yet), as hypercorn makes it.
+
+    Raises:
+        OSError: it cannot be bound; its ``filename`` is the bind.
+    """
+    config = hypercorn.config.Config()
+    config.bind = [str(bind)]
+    try:
+        return config.create_sockets().insecure_sockets[0]
+    except OSError as exc:
+        exc.filename = str(bind)  # which of the app's binds failed
+        raise
+
+
+def _address(sock: socket.socket) -> str:
+    """Where ``sock`` listens, as hypercorn writes it in its URLs."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_INET6:
+        return f"[{name[0]}]:{name[1]}"
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{name}"
+    return f"{name[0]}:{name[1]}"
 
 
 def _target(scope: Scope) -> str:

@@ -72,7 +72,8 @@ def _seconds(text: str) -> float:
 def parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROGRAM,
-        description="Serve a modelence-trio App with hypercorn. SIGTERM or SIGINT drains every connection "
+        description="Serve a modelence-trio App: WebSockets on the fast transport, everything else through "
+        "hypercorn, on one port. SIGTERM or SIGINT drains every connection "
         "(1001) and exits 0; a start-up failure prints one line and exits 2.",
         epilog="environment: MONGODB_URI shares broadcasts with the other instances on that MongoDB; "
         f"{ORDERED_VARIABLE}=1 is --ordered-fanout; {ORIGINS_VARIABLE} adds allowed origins (comma-separated).",
@@ -205,6 +206,8 @@ async def serve(app: App, host: str, port: int, mongodb_wait: float = 30.0) -> N
             try:
                 urls = await nursery.start(run)
             except OSError as exc:
+                if exc.filename is not None:  # the metrics bind
+                    raise StartupError(f"--metrics-bind {exc.filename}: {exc.strerror or exc}") from None
                 raise StartupError(describe_bind_error(exc, host, port)) from None
             serving = True
             metrics = app.metrics

@@ -1,6 +1,14 @@
-"""Everything modelence-trio does below hypercorn's ASGI interface, in one place.
+"""Everything modelence-trio does below hypercorn's public API, in one place.
 
-ASGI hides the WebSocket's framing from the app, and under hypercorn that
+Two things. ``App.serve`` accepts connections itself and hands those that
+are not its WebSocket endpoint's to hypercorn's HTTP server for one
+connection (:class:`ConnectionServer`: hypercorn's ``TCPServer``, as
+``hypercorn.trio.serve`` runs it for each connection it accepts); when that
+cannot be used (:func:`connection_server_problem`), ``App.serve`` runs
+``hypercorn.trio.serve`` for everything instead, as before.
+
+And for WebSockets served through ASGI under hypercorn (plain ``hypercorn``,
+or that fallback): ASGI hides the WebSocket's framing from the app, and under hypercorn that
 costs three things this adapter wins back, per connection:
 
 - **Speed.** A batch of frames, encoded once per broadcast, is written as one
@@ -17,7 +25,8 @@ costs three things this adapter wins back, per connection:
   the transport, so the hub ends the connection too.
 
 The internals are those of the tested versions (``TESTED``, pinned in
-pyproject.toml). :func:`attach` probes them per connection; when they differ,
+pyproject.toml). :func:`connection_server_problem` probes the first once per
+process. :func:`attach` probes the others per connection; when they differ,
 or ``ENABLED`` is false (environment: ``MODELENCE_TRIO_PUBLIC_API=1``), it
 returns ``None`` and the transport uses plain ASGI messages instead, with one
 warning: correct, slower, and without the two protections above (hypercorn's
@@ -26,13 +35,25 @@ own ``websocket_max_message_size`` still bounds a message).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Awaitable, Callable
 from importlib.metadata import version
 from typing import Any
 
-__all__ = ["ENABLED", "TESTED", "HypercornStream", "attach"]
+import hypercorn.config
+import trio
+
+__all__ = [
+    "ENABLED",
+    "TESTED",
+    "ConnectionServer",
+    "HypercornStream",
+    "attach",
+    "connection_server_problem",
+    "warn_connection_server_off",
+]
 
 logger = logging.getLogger("modelence_trio")
 
@@ -49,20 +70,88 @@ try:  # the internals used below; any difference means the public path
 except ImportError as exc:  # pragma: no cover - a hypercorn without them
     _import_problem = f"hypercorn's internals moved ({exc})"
 
+try:  # and those of the per-connection server
+    from hypercorn.app_wrappers import ASGIWrapper
+    from hypercorn.trio.tcp_server import TCPServer
+    from hypercorn.trio.worker_context import WorkerContext
 
-def _probe() -> str | None:
-    """Why the internals cannot be used in this process, or ``None``."""
-    if _import_problem is not None:
-        return _import_problem
+    _server_import_problem = None
+except ImportError as exc:  # pragma: no cover - a hypercorn without them
+    _server_import_problem = f"hypercorn's internals moved ({exc})"
+
+
+def _version_problem() -> str | None:
     installed = tuple(int(part) for part in version("hypercorn").split(".")[:2])
     if installed not in TESTED:
         return f"hypercorn {version('hypercorn')} is not a tested version"
     return None
 
 
+def _probe() -> str | None:
+    """Why the WebSocket internals cannot be used in this process, or ``None``."""
+    return _import_problem or _version_problem()
+
+
+#: What ``hypercorn.trio.run.worker_serve`` passes each connection's server, in order.
+_SERVER_PARAMETERS = ["app", "config", "context", "state", "stream"]
+
+
+def _probe_server() -> str | None:
+    """Why the per-connection server cannot be used in this process, or ``None``."""
+    problem = _server_import_problem or _version_problem()
+    if problem is not None:
+        return problem
+    if list(inspect.signature(TCPServer).parameters) != _SERVER_PARAMETERS:
+        return "hypercorn's TCPServer takes other arguments"
+    if not callable(getattr(TCPServer, "run", None)):
+        return "hypercorn's TCPServer has no run"
+    context = WorkerContext(None)
+    if not all(callable(getattr(getattr(context, name, None), "set", None)) for name in ("terminate", "terminated")):
+        return "hypercorn's WorkerContext has changed"
+    return None
+
+
 _STREAM_ATTRIBUTES = ("send", "stream_id", "closed", "state", "handshake", "buffer")
 _problem = _probe()
+_server_problem = _probe_server()
 _warned = False
+_server_warned = False
+
+
+def connection_server_problem() -> str | None:
+    """Why ``App.serve`` cannot accept connections itself (it then serves
+    everything with ``hypercorn.trio.serve``), or ``None``: it can."""
+    return _server_problem if ENABLED else "MODELENCE_TRIO_PUBLIC_API is set"
+
+
+class ConnectionServer:
+    """hypercorn's HTTP server (HTTP/1.1, h2c, WebSockets over ASGI) for
+    connections accepted elsewhere, one :meth:`serve` per connection: what
+    ``hypercorn.trio.serve`` runs for each connection it accepts, with
+    ``config``. The app's lifespan is not run (``App.serve`` runs the app's
+    background work itself)."""
+
+    def __init__(self, app: Any, config: hypercorn.config.Config) -> None:
+        self._app = ASGIWrapper(app)
+        self._config = config
+        self._context = WorkerContext(None)  # no max_requests
+        self._state: dict[str, Any] = {}  # the lifespan's state, of which the app keeps none
+
+    async def serve(self, stream: trio.abc.Stream) -> None:
+        """Serve HTTP on ``stream`` (it needs a ``socket``) until the
+        connection ends; it is closed then."""
+        await TCPServer(self._app, self._config, self._context, self._state, stream).run()  # type: ignore[arg-type]
+
+
+def warn_connection_server_off(problem: str) -> None:
+    """``App.serve`` serves everything through hypercorn: one warning per
+    process (the adapter's own when the public API was asked for)."""
+    global _server_warned
+    if not ENABLED:
+        _warn_once(problem)
+    elif not _server_warned:
+        _server_warned = True
+        logger.warning("App.serve through hypercorn alone (%s): WebSockets over ASGI, slower", problem)
 
 
 def _warn_once(problem: str) -> None:

@@ -19,6 +19,7 @@ from modelence_trio import (
     serve_websocket,
 )
 from modelence_trio._backend import FanoutBackend
+from modelence_trio._listen import bind_listener
 
 
 async def receive_json(ws: trio_websocket.WebSocketConnection, timeout: float = 5) -> dict[str, Any]:
@@ -40,10 +41,24 @@ async def request(ws: trio_websocket.WebSocketConnection, frame: dict[str, Any])
     return await receive_json(ws)
 
 
-#: Every WebSocket transport; tests parametrised over it run the same scenario against each.
-TRANSPORTS = ["trio-websocket", "hypercorn"]
-#: The same, plus each transport's public-API fallback (the fast paths' internals unused).
+#: Every WebSocket transport; tests parametrised over it run the same scenario against each:
+#: the bare hub's ``serve_websocket``, the App under hypercorn alone (ASGI, as plain
+#: ``hypercorn`` serves it) and ``App.serve`` (WebSockets routed to the fast transport).
+TRANSPORTS = ["trio-websocket", "hypercorn", "app"]
+#: The same, plus each transport's public-API fallback (the fast paths' internals unused;
+#: ``App.serve``'s is hypercorn alone, as "hypercorn-public").
 ALL_PATHS = [*TRANSPORTS, "trio-websocket-public", "hypercorn-public"]
+
+
+async def serve_app(nursery: trio.Nursery, app: App, transport: str) -> list[str]:
+    """Serve ``app`` on a free loopback port with ``transport`` ("hypercorn":
+    hypercorn alone, as ``App.serve``'s fallback; "app": ``App.serve``); its URLs."""
+    if transport == "hypercorn":
+        urls: list[str] = await nursery.start(app._serve_hypercorn, [bind_listener("127.0.0.1", 0)], None)
+        return urls
+    assert transport == "app", transport
+    urls = await nursery.start(app.serve, "127.0.0.1", 0)
+    return urls
 
 
 async def start_server(
@@ -70,9 +85,8 @@ async def start_server(
         hub = Hub(channels, authenticator=authenticator, config=config, fanout=fanout)
         port = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
         return f"ws://127.0.0.1:{port}/ws", hub
-    assert transport == "hypercorn", transport
     app = App([Module("test", channels=channels)], authenticator=authenticator, config=config, fanout=fanout)
-    urls = await nursery.start(app.serve, "127.0.0.1", 0)
+    urls = await serve_app(nursery, app, transport)
     return urls[0].replace("http://", "ws://") + "/ws", app.hub
 
 

@@ -51,3 +51,20 @@ def test_the_fanout_bench_runs_with_metrics_scraped() -> None:
     rows = [line for line in result.stdout.splitlines() if line.startswith("w1 ")]
     assert [row.split()[2] for row in rows] == ["after", "scraped"]
     assert all(json.loads(row.split(" ", 4)[4])["lost"] == 0 for row in rows)
+
+
+def test_the_fanout_bench_runs_the_app_under_app_serve() -> None:
+    # W1 and W3, small, against the App as the command serves it: the control
+    # endpoint is an HTTP route of the app, the subscribers on the fast transport.
+    bench = Path(__file__).parent.parent / "bench"
+    options = ["--workloads", "w1,w3", "--n", "5", "--m", "5", "--rounds", "3", "--transports", "app"]
+    result = subprocess.run(
+        [sys.executable, str(bench / "fanout.py"), *options],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    rows = [line.split(" ", 2) for line in result.stdout.splitlines() if line.startswith(("w1 ", "w3 "))]
+    assert [(workload, transport) for workload, transport, _ in rows] == [("w1", "app"), ("w3", "app")]
+    assert all(json.loads(report)["lost"] == 0 for _, _, report in rows)

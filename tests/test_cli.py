@@ -113,6 +113,15 @@ def test_a_busy_port_is_one_line_and_exit_2() -> None:
         assert_one_line_failure(run_cli(CHAT_APP, "--port", str(port)), f"port {port} is in use")
 
 
+def test_a_busy_metrics_bind_is_one_line_naming_it_and_exit_2() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        bind = f"127.0.0.1:{busy.getsockname()[1]}"
+        result = run_cli(CHAT_APP, "--port", "0", "--metrics-bind", bind)
+        assert_one_line_failure(result, f"--metrics-bind {bind}: Address already in use")
+
+
 def test_an_app_that_fails_to_import_is_one_line_with_where(tmp_path: Path) -> None:
     (tmp_path / "broken.py").write_text("import json\nvalue = 1 / 0\n")
     line = (
