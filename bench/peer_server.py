@@ -39,7 +39,6 @@ import trio
 
 from modelence_trio import App, Hub, HubConfig, Module, MongoFanout, Presence, ServerChannel
 from modelence_trio._asgi import Receive, Scope, Send
-from modelence_trio._route import ReplayStream
 from modelence_trio._serve import serve_stream
 
 PAD = "x" * 56

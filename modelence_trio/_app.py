@@ -326,7 +326,7 @@ class App:
                     return  # closed
                 where, data = head
                 if where is Route.WEBSOCKET:
-                    await serve_stream(hub, ReplayStream(stream, data), served=served)
+                    await serve_stream(hub, stream, served=served, received=data)  # read directly from the socket
                 else:
                     await http.serve(ReplayStream(stream, data))
             except Exception:

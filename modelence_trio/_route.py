@@ -7,7 +7,9 @@ another path, h2c, bytes that are not HTTP at all) goes to hypercorn's HTTP
 server for that one connection (``_hypercorn.ConnectionServer``), which
 answers it exactly as ``hypercorn`` would. :func:`route` decides from the
 bytes read so far (pure, no I/O); :func:`receive_head` reads them, bounded in
-bytes and in time; :class:`ReplayStream` hands them to the chosen server.
+bytes and in time. The fast transport takes those bytes as ``received`` and
+then reads the socket itself; hypercorn gets them through
+:class:`ReplayStream`.
 
 Only a request that both servers would take as a WebSocket handshake is
 routed to the fast transport: ``GET``, HTTP/1.1, the path (query aside)
