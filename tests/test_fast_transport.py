@@ -66,11 +66,16 @@ async def _answer_pings_for(client: RawClient, seconds: float, pings: list[int],
                     client.closes.append(event.code)
 
 
-async def test_a_pong_with_another_payload_does_not_answer_the_ping(nursery: trio.Nursery) -> None:
+async def fast_heartbeats(nursery: trio.Nursery) -> tuple[Hub, RawClient]:
+    """A hub pinging every 0.1 s (pong due within 0.3 s), and one client connected to it."""
     config = attrs.evolve(CONFIG, heartbeat_interval=0.1, heartbeat_timeout=0.3)
     hub = Hub([ServerChannel("chat")], config=config)
     port = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
-    client = await RawClient.connect(f"ws://127.0.0.1:{port}/ws")
+    return hub, await RawClient.connect(f"ws://127.0.0.1:{port}/ws")
+
+
+async def test_a_pong_with_another_payload_does_not_answer_the_ping(nursery: trio.Nursery) -> None:
+    _hub, client = await fast_heartbeats(nursery)
     with trio.fail_after(5):
         while not client.closes and not client.eof:
             # Unsolicited pongs (allowed by RFC 6455), never the ping's payload.
@@ -121,10 +126,7 @@ async def test_a_request_head_already_read_is_read_again(nursery: trio.Nursery) 
 
 async def test_a_pong_of_the_same_size_with_the_wrong_payload_does_not_answer(nursery: trio.Nursery) -> None:
     # 8 bytes, like the server's ping payloads: the shortcut for whole pongs must compare them.
-    config = attrs.evolve(CONFIG, heartbeat_interval=0.1, heartbeat_timeout=0.3)
-    hub = Hub([ServerChannel("chat")], config=config)
-    port = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
-    client = await RawClient.connect(f"ws://127.0.0.1:{port}/ws")
+    _hub, client = await fast_heartbeats(nursery)
     with trio.fail_after(5):
         while not client.closes and not client.eof:
             data = await client.stream.receive_some(65536)
@@ -143,10 +145,7 @@ async def test_a_pong_of_the_same_size_with_the_wrong_payload_does_not_answer(nu
 
 async def test_a_pong_split_or_sent_with_a_message_still_answers(nursery: trio.Nursery) -> None:
     # Not the shortcut's shape (one whole pong alone): wsproto reads it.
-    config = attrs.evolve(CONFIG, heartbeat_interval=0.1, heartbeat_timeout=0.3)
-    hub = Hub([ServerChannel("chat")], config=config)
-    port = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
-    client = await RawClient.connect(f"ws://127.0.0.1:{port}/ws")
+    hub, client = await fast_heartbeats(nursery)
     pongs = 0
     with trio.move_on_after(1.5):
         while True:
