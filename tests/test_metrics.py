@@ -339,7 +339,7 @@ def test_the_history_counts_its_entries_and_bytes_as_they_change() -> None:
     book = HistoryBook()
 
     def recount() -> tuple[int, int]:
-        kept = [text for channel in book._channels.values() for _, _, text, _ in channel.entries]
+        kept = [text for channel in book._channels.values() for _, _, text, _ in channel.messages()]
         return len(kept), sum(len(Outgoing.from_text(text).wire) for text in kept)
 
     short, long = History(size=3, max_age=10.0), History(size=100, max_age=100.0)
