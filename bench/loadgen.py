@@ -104,11 +104,23 @@ class Subscriber:
             joined += sum(b'"joined"' in payload for payload in await self.frames())
 
     async def frames(self) -> list[bytes]:
+        """The payloads of the next whole frames (read first when none is buffered),
+        pings answered; empty when only pings came."""
         assert self.stream is not None
-        data = await self.stream.receive_some(262144)
-        if not data:
-            raise EOFError("server closed the connection")
-        buf = self.buffer + data
+        out, pings = self._split()
+        while not out and not pings:
+            data = await self.stream.receive_some(262144)
+            if not data:
+                raise EOFError("server closed the connection")
+            self.buffer += data
+            out, pings = self._split()
+        for payload in pings:
+            await self.stream.send_all(masked_text(payload, PONG))
+        return out
+
+    def _split(self) -> tuple[list[bytes], list[bytes]]:
+        """Take the whole frames out of the buffer: other payloads, and pings'."""
+        buf = self.buffer
         out, pings, pos, size = [], [], 0, len(buf)
         while size - pos >= 2:
             length = buf[pos + 1] & 0x7F
@@ -129,9 +141,7 @@ class Subscriber:
                 out.append(buf[start : start + length])
             pos = start + length
         self.buffer = buf[pos:]
-        for payload in pings:
-            await self.stream.send_all(masked_text(payload, PONG))
-        return out
+        return out, pings
 
     async def receive(self, expected: int, stats: dict[str, float]) -> None:
         while self.unique < expected:

@@ -58,16 +58,6 @@ class _Channel:
         self.floor = floor
         self.max_age = max_age
 
-    def append(self, offset: int, time: float, text: str, size: int) -> int:
-        """Keep one message; the size of the one a full channel dropped for it (else 0)."""
-        atoms = self.atoms
-        dropped = 0
-        if len(atoms) == atoms.maxlen:  # full: the extend below drops the oldest
-            self.floor = atoms[0]
-            dropped = atoms[3]
-        atoms.extend((offset, time, text, size))
-        return dropped
-
     def __len__(self) -> int:
         return len(self.atoms) // 4
 
@@ -127,15 +117,16 @@ class HistoryBook:
         if kept is None:
             kept = self._channels[channel] = _Channel(history.size, self._forgotten, history.max_age)
         size = len(frame.wire)  # header included: what a replay sends again
-        dropped = kept.append(number, now, text, size)
-        if dropped:
-            self.entries -= 1
-            self.bytes -= dropped
-        self.entries += 1
+        atoms = kept.atoms  # _Channel's layout, spelled out here: once per broadcast
+        if len(atoms) == atoms.maxlen:  # full: the extend below drops the oldest
+            kept.floor = atoms[0]
+            self.bytes -= atoms[3]
+        else:
+            self.entries += 1
+        atoms.extend((number, now, text, size))
         self.bytes += size
-        cutoff = now - history.max_age
-        if kept.oldest_time < cutoff:
-            self._expire(kept, cutoff)
+        if atoms[1] < now - history.max_age:
+            self._expire(kept, now - history.max_age)
         return frame
 
     def replay(self, channel: str, since: Since, history: History | None, now: float) -> tuple[bool, list[Outgoing]]:

@@ -31,6 +31,7 @@ from ._channel import ServerChannel
 from ._config import HubConfig, session_limits
 from ._connection import Connection
 from ._counters import HubCounters
+from ._idle_reader import IdleReader
 from ._logs import quiet_repeated_errors
 from ._methods import MethodTable
 from ._resources import connection_limit, quiet_accept_errors
@@ -109,6 +110,8 @@ class Hub:
         self._config = config
         self._session_limits = session_limits(config)
         self._connections: set[Connection] = set()
+        #: Reads idle sockets for their connections while the hub runs (heartbeat pongs wake no task).
+        self.idle_reader = IdleReader()
         #: The Trio run this hub runs in, while it runs: how broadcasts from other threads reach it.
         self.trio_token: trio.lowlevel.TrioToken | None = None
         self._shields: set[trio.CancelScope] = set()
@@ -230,6 +233,7 @@ class Hub:
             async with trio.open_nursery() as nursery:
                 self._stopping = self._draining = False
                 quiet_repeated_errors()
+                await nursery.start(self.idle_reader.run)
                 config = self.config
                 nursery.start_soon(heartbeats, self._connections, config.heartbeat_interval, config.heartbeat_timeout)
                 checker, interval = self.authenticator, config.session_check_interval

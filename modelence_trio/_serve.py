@@ -75,7 +75,9 @@ async def serve_stream(
     """
     try:
         async with connection_nursery(hub) as nursery:
-            request = await _trio_websocket.open_request(hub.config, nursery, stream, peer_address(stream), received)
+            request = await _trio_websocket.open_request(
+                hub.config, nursery, stream, peer_address(stream), received, hub.idle_reader
+            )
             if request is not None:
                 await serve_request(hub, request, served, nursery if request.reads_in_task else None)
     except Exception:

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import trio
 
+from ._idle_reader import IdleReader
 from ._wire import Outgoing
 
 __all__ = ["FrameSafeStream", "SendResult", "Transport", "TransportClosed"]
@@ -84,11 +85,15 @@ class FrameSafeStream(trio.abc.Stream):
     and the non-blocking write is ``os.write`` on its file descriptor.
     """
 
-    def __init__(self, stream: trio.abc.Stream, received: bytes = b"") -> None:
+    def __init__(self, stream: trio.abc.Stream, received: bytes = b"", reader: IdleReader | None = None) -> None:
         """``received``: bytes already read from ``stream`` (a request head
-        read to route it), handed out first."""
+        read to route it), handed out first; ``reader``: the hub's, which
+        waits for the socket instead of the reading task while it runs."""
         self._stream = stream
         self._received = received
+        self._reader = reader
+        #: Bytes the reader may deal with without waking the reading task (pongs), while set.
+        self.absorb: Callable[[bytes], bool] | None = None
         sock = getattr(stream, "socket", None)
         # Trio's socket (SocketStream): writes through it report exactly how
         # much went out, even when cancelled (see send_frames). TLS and
@@ -200,21 +205,38 @@ class FrameSafeStream(trio.abc.Stream):
             while True:
                 if sock.fileno() < 0:
                     raise trio.ClosedResourceError("the socket was closed")
+                if self._reader is not None:
+                    try:
+                        received = await self._reader.receive(sock, max_bytes, self.absorb)
+                    except trio.ClosedResourceError:
+                        raise
+                    except OSError as exc:
+                        raise trio.BrokenResourceError(str(exc)) from exc
+                    if received is not None:
+                        data = received
+                        break
                 await trio.lowlevel.wait_readable(sock)
                 try:
                     data = os.read(sock.fileno(), max_bytes)
-                    break
                 except BlockingIOError:
                     continue  # a spurious wake-up
                 except OSError as exc:
                     if sock.fileno() < 0:
                         raise trio.ClosedResourceError("the socket was closed") from None
                     raise trio.BrokenResourceError(str(exc)) from exc
+                if not (data and self.absorb is not None and self.absorb(data)):
+                    break
         if self._head is not None and len(self._head) < _MAX_HEAD:
             self._head += data[: _MAX_HEAD - len(self._head)]
         return data
 
+    def stop_reading(self) -> None:
+        """The reading ended: the hub's reader stops watching the socket."""
+        if self._reader is not None and self._read_sock is not None:
+            self._reader.forget(self._read_sock)
+
     async def aclose(self) -> None:
+        self.stop_reading()  # a task parked on the socket wakes (ClosedResourceError)
         await self._stream.aclose()
 
 

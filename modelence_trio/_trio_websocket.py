@@ -49,6 +49,7 @@ import wsproto.utilities
 from wsproto.connection import ConnectionState
 
 from ._config import HubConfig
+from ._idle_reader import IdleReader
 from ._transport import FrameSafeStream, SendResult, Transport, TransportClosed
 from ._wire import Outgoing
 
@@ -133,6 +134,7 @@ async def open_request(
     stream: trio.abc.Stream,
     client: str | None = None,
     received: bytes = b"",
+    reader: IdleReader | None = None,
 ) -> TrioWebSocketRequest | None:
     """Read the opening handshake on ``stream``; ``None`` if it does not
     arrive within ``handshake_timeout``.
@@ -142,7 +144,7 @@ async def open_request(
     which must outlive the hub's serving of the connection: the reader is
     what sees the peer's answer to our close frame.
     """
-    safe = FrameSafeStream(stream, received)
+    safe = FrameSafeStream(stream, received, reader)
     transport: FastTransport | None = None
     get_request: Callable[[], Awaitable[trio_websocket.WebSocketRequest | None]]
     if _fast_path_problem() is None:
@@ -263,13 +265,26 @@ class FastTransport:
         stream = self._stream
         inbox = self._inbox
         pong = self._pong
-        decoder = None
         if not until_request:
             # The handshake is done. wsproto would keep its h11 state for the life
             # of the connection; only its (empty) event queue is consulted now.
             protocol.handshake = _NO_HANDSHAKE
             decoder = _frame_decoder(protocol)
             _shrink_event_queue(protocol)
+            if decoder is not None:
+
+                def absorb(data: bytes) -> bool:
+                    """A heartbeat's pong, whole and alone: what wsproto would make of it, done here
+                    (by the hub's reader, without waking this task)."""
+                    return (
+                        data[:2] == _PONG_HEAD
+                        and len(data) == _PONG_SIZE
+                        and decoder.header is None
+                        and not decoder.buffer
+                        and pong.answered_by(data)
+                    )
+
+                stream.absorb = absorb
         inbox.handler = on_message
         inbox.reading = True
         event: wsproto.events.Event | None
@@ -296,15 +311,6 @@ class FastTransport:
                     if protocol.state != ConnectionState.CLOSED:
                         await ws._abort_web_socket()
                     break
-                if (
-                    data[:2] == _PONG_HEAD
-                    and len(data) == _PONG_SIZE
-                    and decoder is not None
-                    and decoder.header is None
-                    and not decoder.buffer
-                    and pong.answered_by(data)
-                ):
-                    continue  # a heartbeat's pong, whole and alone: what wsproto would make of it, done here
                 if protocol.state != ConnectionState.CLOSED:
                     try:
                         protocol.receive_data(bytes(data))
@@ -316,6 +322,8 @@ class FastTransport:
         finally:
             inbox.reading = False
             inbox.handler = _drop
+            stream.absorb = None
+            stream.stop_reading()
 
     async def send(self, frames: Sequence[Outgoing]) -> None:
         if not frames and not self._stream.backlog:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import trio
@@ -182,3 +182,18 @@ class RawClient:
                         await self.stream.send_all(self.ws.send(event.response()))
                     else:
                         raise AssertionError(f"unexpected {event!r}")
+
+
+class StepCounter(trio.abc.Instrument):
+    """Counts the steps of the tasks it watches: each step is a wake-up."""
+
+    def __init__(self, tasks: Iterable[trio.lowlevel.Task] = ()) -> None:
+        self.tasks = set(tasks)
+        self.count = 0
+
+    def watch(self, task: trio.lowlevel.Task) -> None:
+        self.tasks.add(task)
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task in self.tasks:
+            self.count += 1

@@ -14,19 +14,23 @@ from modelence_trio import Hub, HubConfig, ServerChannel, _trio_websocket
 from modelence_trio._serve import serve_stream, serve_websocket
 from modelence_trio.protocol import CloseCode
 
-from .helpers import RawClient
+from .helpers import RawClient, StepCounter
 
 CONFIG = HubConfig(max_connections_per_address=None)
 
 
-def count_tasks(task: trio.lowlevel.Task) -> int:
-    return 1 + sum(count_tasks(child) for nursery in task.child_nurseries for child in nursery.child_tasks)
+def tasks_under(task: trio.lowlevel.Task) -> list[trio.lowlevel.Task]:
+    return [task, *(t for nursery in task.child_nurseries for child in nursery.child_tasks for t in tasks_under(child))]
+
+
+def every_task() -> list[trio.lowlevel.Task]:
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    return tasks_under(root)
 
 
 def all_tasks() -> int:
-    root = trio.lowlevel.current_root_task()
-    assert root is not None
-    return count_tasks(root)
+    return len(every_task())
 
 
 async def test_each_connection_is_one_task_and_heartbeats_add_none(nursery: trio.Nursery) -> None:
@@ -52,6 +56,36 @@ async def test_each_connection_is_one_task_and_heartbeats_add_none(nursery: trio
     assert min(pings) >= 3  # heartbeats did run meanwhile
     assert hub.statistics().connections == 20
     assert not any(client.closes for client in clients)
+
+
+async def test_pongs_wake_no_connection_task(nursery: trio.Nursery) -> None:
+    # The hub's reader reads each whole pong itself (the heartbeat's idle cost).
+    config = attrs.evolve(CONFIG, heartbeat_interval=0.05, heartbeat_timeout=1.0)
+    hub = Hub([ServerChannel("chat")], config=config)
+    port = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
+    await trio.sleep(0.1)
+    before = set(every_task())
+    clients = [await RawClient.connect(f"ws://127.0.0.1:{port}/ws") for _ in range(10)]
+    for client in clients:
+        await client.send_text('{"type": "join", "channel": "chat:a"}')
+        await client.read_until(lambda c=client: len(c.texts) >= 2)
+    steps = StepCounter(set(every_task()) - before)
+    assert len(steps.tasks) == 10  # one per connection
+    pings = [0] * len(clients)
+    trio.lowlevel.add_instrument(steps)
+    try:
+        for _ in range(5):
+            async with trio.open_nursery() as readers:
+                for index, client in enumerate(clients):
+                    readers.start_soon(_answer_pings_for, client, 0.1, pings, index)
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    assert min(pings) >= 3  # every connection answered pings, and stays open
+    assert hub.statistics().connections == 10
+    assert steps.count == 0
+    # A message still wakes its connection's task, and is answered.
+    await clients[0].send_text('{"type": "join", "channel": "chat:b"}')
+    await clients[0].read_until(lambda: any('"chat:b"' in text for text in clients[0].texts))
 
 
 async def _answer_pings_for(client: RawClient, seconds: float, pings: list[int], index: int) -> None:
