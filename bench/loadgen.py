@@ -107,18 +107,18 @@ class Subscriber:
         """The payloads of the next whole frames (read first when none is buffered),
         pings answered; empty when only pings came."""
         assert self.stream is not None
-        out, pings = self._split()
+        out, pings = self.take_frames()
         while not out and not pings:
             data = await self.stream.receive_some(262144)
             if not data:
                 raise EOFError("server closed the connection")
             self.buffer += data
-            out, pings = self._split()
+            out, pings = self.take_frames()
         for payload in pings:
             await self.stream.send_all(masked_text(payload, PONG))
         return out
 
-    def _split(self) -> tuple[list[bytes], list[bytes]]:
+    def take_frames(self) -> tuple[list[bytes], list[bytes]]:
         """Take the whole frames out of the buffer: other payloads, and pings'."""
         buf = self.buffer
         out, pings, pos, size = [], [], 0, len(buf)

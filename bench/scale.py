@@ -15,9 +15,14 @@ projection of the costs to 100,000 connections:
 - server memory per connection (RSS after all joined minus before, over count);
 - idle server CPU (% of a core) over 50 s with every connection open: two
   heartbeat rounds of pings and pongs (one every 25 s) fall into it;
-- the time until one broadcast to ``chat:all`` has reached every connection;
+- the time until one broadcast to ``chat:all`` has reached every connection,
+  and how long the server's loop took, twice: read by clients that sleep
+  until data comes, then by clients that spin (on loopback a write to a
+  sleeping client also pays for waking it, which a remote client does not
+  cost the server, and which doubled the time at 19,000);
 - p50/p99 latency of 1,000 messages/s spread over the 1,000 ``user:*``
-  channels for 10 s (each reaches its channel's connections).
+  channels for 10 s (each reaches its channel's connections), read by the
+  same kind of epoll loop.
 
 It asserts nothing; loopback only, bounded in count and time.
 """
@@ -37,8 +42,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
+from loadgen import PONG, control, cpu_seconds, masked_text, pin, rss_mib, running_server
 from loadgen import Subscriber as Conn
-from loadgen import control, cpu_seconds, pin, rss_mib, running_server
 
 HERE = Path(__file__).resolve().parent
 CHANNELS = 1000
@@ -100,7 +105,11 @@ async def worker(port: int, source: str, first: int, count: int) -> None:
             # When one message reached every connection: read the raw sockets with an
             # epoll loop of its own (a task per connection costs the load generator more
             # per read than the server spends per delivery; this measures the server).
-            await reply(_arrival(conns, float(what.split()[1])))
+            await reply(_arrival(conns, float(what.split()[1]), spin=what.endswith("spin")))
+        elif what.startswith("latency"):
+            # Each connection's next ``expected`` messages, read as ``arrival`` reads.
+            expected, seconds = int(what.split()[1]), float(what.split()[2])
+            await reply(_latencies(conns, expected, seconds))
         elif what.startswith("idle"):
             # Keep answering pings for a while (the heartbeat round).
             with trio.move_on_after(float(what.split()[1])):
@@ -129,10 +138,12 @@ async def _drain(conn: Conn, expected: int, latencies: list[float], done_at: lis
     done_at.append(time.time())
 
 
-def _arrival(conns: list[Conn], seconds: float) -> dict[str, object]:
+def _arrival(conns: list[Conn], seconds: float, spin: bool) -> dict[str, object]:
     """Blocks this worker (it waits for nothing else) until every connection has
     received a ``message`` frame or ``seconds`` passed; the bytes read stay in each
-    connection's buffer for its next ``frames()`` (pings included)."""
+    connection's buffer for its next ``frames()`` (pings included). ``spin``: poll
+    without ever sleeping, so no write of the server's has to wake this process
+    (on loopback the sender pays for that wake-up; a remote client costs it nothing)."""
     waiting: dict[int, Conn] = {}
     poller = select.epoll()
     for conn in conns:
@@ -144,7 +155,7 @@ def _arrival(conns: list[Conn], seconds: float) -> dict[str, object]:
     last, deadline = 0.0, time.monotonic() + seconds
     try:
         while waiting and time.monotonic() < deadline:
-            for fd, _ in poller.poll(0.1, 4096):
+            for fd, _ in poller.poll(0 if spin else 0.1, 4096):
                 conn = waiting[fd]
                 try:
                     conn.buffer += os.read(fd, 262144)
@@ -157,6 +168,42 @@ def _arrival(conns: list[Conn], seconds: float) -> dict[str, object]:
     finally:
         poller.close()
     return {"complete": len(conns) - len(waiting), "last": last}
+
+
+def _latencies(conns: list[Conn], expected: int, seconds: float) -> dict[str, object]:
+    """Blocks this worker until each connection got ``expected`` messages (or
+    ``seconds`` passed): their latencies (now minus their ``ts``), pings answered."""
+    counts: dict[int, int] = {}
+    by_fd: dict[int, Conn] = {}
+    latencies: list[float] = []
+    poller = select.epoll()
+    for conn in conns:
+        assert conn.stream is not None
+        fd = conn.stream.socket.fileno()
+        by_fd[fd], counts[fd] = conn, 0
+        poller.register(fd, select.EPOLLIN)
+    done, last, deadline = 0, 0.0, time.monotonic() + seconds
+    try:
+        while done < len(conns) and time.monotonic() < deadline:
+            for fd, _ in poller.poll(0.1, 4096):
+                conn = by_fd[fd]
+                try:
+                    conn.buffer += os.read(fd, 262144)
+                except BlockingIOError:
+                    continue
+                now = time.time() * 1000
+                payloads, pings = conn.take_frames()
+                for payload in pings:
+                    os.write(fd, masked_text(payload, PONG))
+                for payload in payloads:
+                    if b'"message"' in payload and counts[fd] < expected:
+                        counts[fd] += 1
+                        latencies.append(now - json.loads(payload)["data"]["ts"])
+                        if counts[fd] == expected:
+                            done, last = done + 1, time.time()
+    finally:
+        poller.close()
+    return {"complete": done, "last": last, "latencies": latencies}
 
 
 async def _answer_pings(conn: Conn) -> None:
@@ -229,30 +276,40 @@ async def level(total: int) -> dict[str, float]:
             cpu0 = cpu_seconds(pid)
             await group.ask(f"idle {IDLE_SECONDS}")
             idle_cpu = (cpu_seconds(pid) - cpu0) / IDLE_SECONDS
-            # One broadcast to everyone.
-            reading = trio.open_nursery()
-            async with reading as nursery:
-                results: list[list[dict[str, object]]] = []
+            # One broadcast to everyone: read by blocking clients, then by spinning ones.
+            results: list[list[dict[str, object]]] = []
 
-                async def read(expected: int, seconds: float) -> None:
-                    results.append(await group.ask(f"read {expected} {seconds}"))
+            async def read(expected: int, seconds: float) -> None:
+                results.append(await group.ask(f"read {expected} {seconds}"))
 
-                async def arrival(seconds: float) -> None:
-                    results.append(await group.ask(f"arrival {seconds}"))
+            async def to_all(mode: str) -> tuple[int, float, float]:
+                """Everyone reached, when the last was (after the request), the server's loop."""
+                results.clear()
+                async with trio.open_nursery() as nursery:
 
-                nursery.start_soon(arrival, 30)
-                await trio.sleep(1)
-                sent = time.time()
-                loop = await control(port, "channel=chat:all&count=1&rate=0")
-            everyone = sum(int(a["complete"]) for a in results[0])  # type: ignore[call-overload]
-            all_s = max(float(a["last"]) for a in results[0]) - sent  # type: ignore[arg-type]
-            # Read the broadcast out of the buffers, so the next phase starts clean.
-            results.clear()
-            await read(1, 30)
+                    async def arrival() -> None:
+                        results.append(await group.ask(f"arrival 30 {mode}"))
+
+                    nursery.start_soon(arrival)
+                    await trio.sleep(1)
+                    sent = time.time()
+                    loop = await control(port, "channel=chat:all&count=1&rate=0")
+                reached = sum(int(a["complete"]) for a in results[0])  # type: ignore[call-overload]
+                last = max(float(a["last"]) for a in results[0]) - sent  # type: ignore[arg-type]
+                results.clear()
+                await read(1, 30)  # the broadcast out of the buffers: the next phase starts clean
+                return reached, last, loop["loop_ms"] / 1000
+
+            everyone, all_s, loop_s = await to_all("block")
+            everyone_spin, all_spin_s, loop_spin_s = await to_all("spin")
             # 1,000 messages/s over the 1,000 user channels, 10 s: each connection gets 10.
             results.clear()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(read, 10, 40)
+
+                async def latency() -> None:
+                    results.append(await group.ask("latency 10 40"))
+
+                nursery.start_soon(latency)
                 await trio.sleep(1)
                 await control(port, f"prefix=user:&nch={CHANNELS}&count=10&rate=1&spread=1")
             latencies = sorted(x for a in results[0] for x in a["latencies"])  # type: ignore[attr-defined]
@@ -262,8 +319,10 @@ async def level(total: int) -> dict[str, float]:
         "KiB per connection": round((rss_after - rss_before) * 1024 / connected, 2),
         "idle CPU % of a core": round(100 * idle_cpu, 2),
         "one broadcast to all s": round(all_s, 3),
-        "its server loop s": round(loop["loop_ms"] / 1000, 3),
-        "reached": everyone,
+        "its server loop s": round(loop_s, 3),
+        "to all, clients spinning s": round(all_spin_s, 3),
+        "its server loop, clients spinning s": round(loop_spin_s, 3),
+        "reached": min(everyone, everyone_spin),
         "p50 ms": round(statistics.median(latencies), 1) if latencies else -1,
         "p99 ms": round(latencies[int(len(latencies) * 0.99)], 1) if latencies else -1,
     }
@@ -285,6 +344,7 @@ async def main(levels: list[int]) -> None:
                 "server MiB": round(top["KiB per connection"] * 100_000 / 1024),
                 "idle CPU % of a core": round(top["idle CPU % of a core"] * factor, 1),
                 "one broadcast to all s": round(top["one broadcast to all s"] * factor, 2),
+                "to all, clients spinning s": round(top["to all, clients spinning s"] * factor, 2),
             }
         )
     )

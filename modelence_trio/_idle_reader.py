@@ -35,6 +35,8 @@ __all__ = ["IdleReader"]
 
 #: Events taken from the epoll set per system call.
 _BATCH = 1024
+#: How long pongs may gather after a wake-up that read only pongs (seconds).
+_GATHER = 0.002
 
 
 class _Watch:
@@ -77,8 +79,13 @@ class IdleReader:
             task_status.started()
             while True:
                 await trio.lowlevel.wait_readable(epoll.fileno())
-                for fd, _ in epoll.poll(0, _BATCH):
-                    self._readable(fd)
+                events = epoll.poll(0, _BATCH)
+                if not any([self._readable(fd) for fd, _ in events]) and len(events) < _BATCH:
+                    # Only pongs: the next ones are let gather for a moment, so one
+                    # wake-up reads many (they trickle in, one per connection, for a
+                    # second or so after each heartbeat round). A message arriving
+                    # meanwhile waits at most this long.
+                    await trio.sleep(_GATHER)
         finally:
             self._epoll = None
             watched = list(self._watched.values())
@@ -147,34 +154,34 @@ class IdleReader:
         if watch.task is not None:
             self._wake(watch, outcome.Error(trio.ClosedResourceError("the socket was closed")))
 
-    def _readable(self, fd: int) -> None:
+    def _readable(self, fd: int) -> bool:
+        """Read ``fd`` for its parked task; whether that woke the task."""
         watch = self._watched.get(fd)
         if watch is None:
-            return  # forgotten since the event
+            return False  # forgotten since the event
         if watch.task is None:
             self._pending.add(fd)  # its task is busy: it reads before it parks again
-            return
+            return False
         try:
             data = os.read(fd, watch.max_bytes)
         except BlockingIOError:
-            return
+            return False
         except OSError as exc:
-            self._wake(watch, outcome.Error(exc))
-            return
+            return self._wake(watch, outcome.Error(exc))
         if len(data) == watch.max_bytes:
             self._pending.add(fd)
         elif data and watch.absorb is not None:
             try:
                 if watch.absorb(data):
-                    return
+                    return False
             except Exception as exc:  # that connection's failure, not the reader's
-                self._wake(watch, outcome.Error(exc))
-                return
-        self._wake(watch, outcome.Value(data))
+                return self._wake(watch, outcome.Error(exc))
+        return self._wake(watch, outcome.Value(data))
 
     @staticmethod
-    def _wake(watch: _Watch, result: outcome.Outcome[bytes | None]) -> None:
+    def _wake(watch: _Watch, result: outcome.Outcome[bytes | None]) -> bool:
         task = watch.task
         watch.task = watch.absorb = None
         if task is not None:
             trio.lowlevel.reschedule(task, result)
+        return True

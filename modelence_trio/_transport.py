@@ -85,6 +85,20 @@ class FrameSafeStream(trio.abc.Stream):
     and the non-blocking write is ``os.write`` on its file descriptor.
     """
 
+    # Slots (trio's stream classes have them too): one per connection, and read on every delivery.
+    __slots__ = (
+        "_head",
+        "_read_sock",
+        "_reader",
+        "_received",
+        "_stream",
+        "_trio_sock",
+        "absorb",
+        "backlog",
+        "torn",
+        "write_socket",
+    )
+
     def __init__(self, stream: trio.abc.Stream, received: bytes = b"", reader: IdleReader | None = None) -> None:
         """``received``: bytes already read from ``stream`` (a request head
         read to route it), handed out first; ``reader``: the hub's, which
@@ -99,12 +113,12 @@ class FrameSafeStream(trio.abc.Stream):
         # much went out, even when cancelled (see send_frames). TLS and
         # in-memory streams have none.
         self._trio_sock = sock if isinstance(sock, trio.socket.SocketType) else None
-        self._fd = self._trio_sock.fileno() if self._trio_sock is not None and os.name == "posix" else -1
+        direct = self._trio_sock is not None and os.name == "posix" and self._trio_sock.fileno() >= 0
         #: The socket ``try_send`` writes to directly (``None``: no such path).
-        self.write_socket = self._trio_sock if self._fd >= 0 else None
+        self.write_socket = self._trio_sock if direct else None
         # Read from the socket directly only when nothing else reads it (a
         # wrapper exposing its socket may hold bytes of its own).
-        self._read_sock = self._trio_sock if type(stream) is trio.SocketStream and self._fd >= 0 else None
+        self._read_sock = self._trio_sock if type(stream) is trio.SocketStream and direct else None
         self.backlog = b""
         self.torn = False
         self._head: bytearray | None = bytearray()  # the opening request, until taken

@@ -341,20 +341,20 @@ class FastTransport:
         # and WebSocketConnection.closed spelled out (a call less each).
         stream = self._stream
         if stream.backlog or self._ws._close_reason is not None or self._lock.locked():
-            return SendResult.QUEUE
+            return _QUEUE
         sock = stream.write_socket
         if sock is None:
-            return SendResult.QUEUE
+            return _QUEUE
         try:
             sent = os.write(sock.fileno(), wire)  # -1 once closed: never a descriptor reused since
         except OSError:  # BlockingIOError, or a broken socket that the next send reports
-            return SendResult.QUEUE
+            return _QUEUE
         if sent == len(wire):
-            return SendResult.SENT
+            return _SENT
         if sent == 0:
-            return SendResult.QUEUE
+            return _QUEUE
         stream.backlog = wire[sent:]
-        return SendResult.FLUSH
+        return _FLUSH
 
     def ping_nowait(self) -> Callable[[], bool] | None:
         ws = self._ws
@@ -579,6 +579,9 @@ def _frame_decoder(protocol: wsproto.WSConnection) -> Any:
 
 
 _RECEIVE_BYTES = 4096  # what trio-websocket's reader asks for
+
+#: Looked up once, not per delivery (an enum member's lookup costs as much as a call).
+_SENT, _QUEUE, _FLUSH = SendResult.SENT, SendResult.QUEUE, SendResult.FLUSH
 
 #: trio-websocket's handler for each event a server connection sees.
 _HANDLERS: dict[type[wsproto.events.Event], Callable[[Any, Any], Awaitable[None]]] = {

@@ -15,14 +15,17 @@ import attrs
 __all__ = ["Outgoing", "check_sendable", "message_size", "text_frame_header"]
 
 _FIN_TEXT = 0x81
+#: The headers of frames under 126 bytes, built once (one is needed per broadcast).
+_SHORT_HEADERS = [bytes((_FIN_TEXT, length)) for length in range(126)]
+_pack_16 = struct.Struct("!BBH").pack
 
 
 def text_frame_header(length: int) -> bytes:
     """The header of a final, unmasked text frame carrying ``length`` payload bytes."""
     if length < 126:
-        return bytes((_FIN_TEXT, length))
+        return _SHORT_HEADERS[length]
     if length < 1 << 16:
-        return struct.pack("!BBH", _FIN_TEXT, 126, length)
+        return _pack_16(_FIN_TEXT, 126, length)
     return struct.pack("!BBQ", _FIN_TEXT, 127, length)
 
 
