@@ -110,6 +110,7 @@ class IdleReader:
         fd = sock.fileno()
         if epoll is None or fd < 0:
             return None
+        await trio.lowlevel.checkpoint_if_cancelled()  # before reading: bytes read are never lost to a cancel
         watch = self._watched.get(fd)
         if watch is None or watch.owner is not sock:
             watch = self._watched[fd] = _Watch(sock)
@@ -126,7 +127,7 @@ class IdleReader:
                 pending.add(fd)  # more may wait, and no new edge will say so
             elif data and absorb is not None and absorb(data):
                 continue
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return data
         watch.task = trio.lowlevel.current_task()
         watch.absorb = absorb

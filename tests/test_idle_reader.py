@@ -136,6 +136,19 @@ async def test_a_cancelled_wait_loses_nothing(reader: IdleReader) -> None:
         assert await reader.receive(ours, 4096, None) == b"after"
 
 
+async def test_a_cancelled_wait_never_drops_bytes_that_were_waiting(reader: IdleReader) -> None:
+    # The bytes are there before the wait starts: read at once, unless the wait is
+    # cancelled, in which case they must stay in the socket for the next one.
+    ours, peer = pair()
+    await peer.send(b"kept")
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await reader.receive(ours, 4096, None)
+    assert scope.cancelled_caught
+    with trio.fail_after(5):
+        assert await reader.receive(ours, 4096, None) == b"kept"
+
+
 async def test_a_failing_absorb_ends_only_its_own_wait(reader: IdleReader) -> None:
     broken, broken_peer = pair()
     fine, fine_peer = pair()
