@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 #: No hub accepts longer ids than this; attached hubs lower it to their ``max_id_length``.
 MAX_ID_LENGTH_CEILING = 1 << 20
+_MAX_NAMES = 10_000  # channel ids whose check a channel remembers
 
 __all__ = ["AccessCheck", "ChannelContext", "MessageHandler", "PublishRejected", "ServerChannel"]
 
@@ -114,6 +115,8 @@ class ServerChannel(Generic[T]):
         # iterating it is the broadcast hot path (a WeakSet costs 1.5 us).
         self._hubs: tuple[weakref.ref[Hub], ...] = ()
         self._max_id_length = MAX_ID_LENGTH_CEILING
+        #: Channel ids already checked, and their names: a broadcast's check is then one lookup.
+        self._names: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"ServerChannel({self.category!r})"
@@ -192,6 +195,11 @@ class ServerChannel(Generic[T]):
         return unstructure(data)
 
     def _name(self, channel_id: str) -> str:
+        names = self._names
+        if type(channel_id) is str:
+            known = names.get(channel_id)
+            if known is not None:
+                return known
         name = f"{self.category}:{channel_id}"
         if not valid_channel_id(channel_id, self._max_id_length):
             try:
@@ -199,6 +207,9 @@ class ServerChannel(Generic[T]):
             except ProtocolError as exc:
                 raise ValueError(exc.message) from None
             raise ValueError(f"invalid channel id {channel_id!r}")
+        if len(names) >= _MAX_NAMES:
+            names.clear()  # bounded: forgotten all at once, then checked again
+        names[channel_id] = name
         return name
 
     def _broadcast_from_thread(self, channel_id: str, data: T) -> bool:
@@ -219,6 +230,7 @@ class ServerChannel(Generic[T]):
         self._hubs = tuple(weakref.ref(h) for h in hubs)
         # Ids are bounded by the strictest hub: every hub must accept what broadcast does.
         self._max_id_length = min(h.config.max_id_length for h in hubs)
+        self._names.clear()  # checked against the old bound
 
     async def _allows(self, ctx: ChannelContext) -> bool:
         if self.can_access is None:

@@ -75,6 +75,9 @@ async def test_fanout_and_config_are_given_before_the_hub_runs(nursery: trio.Nur
         hub.channels[0].broadcast("x" * 41, 1)
     hub.config = HubConfig(max_id_length=300)
     hub.channels[0].broadcast("x" * 300, 1)  # up, too: nobody is joined, but the id is valid
+    hub.config = HubConfig(max_id_length=40)
+    with pytest.raises(ValueError):  # down again: an id checked under the old limit is checked anew
+        hub.channels[0].broadcast("x" * 300, 1)
     hub.use_fanout(MemoryFanout(MemoryBus()))
     with pytest.raises(RuntimeError, match="already"):
         hub.use_fanout(MemoryFanout(MemoryBus()))
