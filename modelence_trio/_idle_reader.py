@@ -3,8 +3,8 @@
 A connection's task spends most of its life parked, waiting for its socket
 to become readable. With trio's own wait every pong (one per connection
 per heartbeat round) wakes that task, and that wake-up, with the re-arming
-of the socket in trio's epoll, was most of a hub's idle CPU at 19,000
-connections. So a parked task hands its socket to the hub's
+of the socket in trio's epoll, was the largest part of a hub's idle CPU at
+19,000 connections (the pings' own writes are now). So a parked task hands its socket to the hub's
 :class:`IdleReader` instead: an epoll set of its own, watched by one task.
 A readable socket is read there, and what the connection's ``absorb``
 takes (a whole pong, checked against its ping) is done with while the
