@@ -166,6 +166,28 @@ def test_message_frame_wraps_data_encoded_once() -> None:
         encode_data("a:b", {1, 2})
 
 
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["chat:a", "chat:é", 'user:"q"', "x:\\"]),
+            st.none() | st.integers(min_value=0, max_value=2**53),
+            st.sampled_from(["e1", "e2", "ü"]),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_message_frames_are_the_json_they_stand_for(frames: list[tuple[str, int | None, str]]) -> None:
+    # The remembered channel heads and epoch tail never change a byte: each frame is
+    # exactly the compact JSON of its fields, whatever came before it.
+    for channel, offset, epoch in frames:
+        fields: dict[str, object] = {"type": "message", "channel": channel, "data": {"n": [1, "ü"]}}
+        if offset is not None:
+            fields |= {"offset": offset, "epoch": epoch}
+        expected = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
+        assert message_frame(channel, encode_data(channel, {"n": [1, "ü"]}), offset, epoch) == expected
+
+
 def test_encode_message_keeps_unicode() -> None:
     assert json.loads(encode_message("chat:é", "ü☃")) == {"type": "message", "channel": "chat:é", "data": "ü☃"}
 
