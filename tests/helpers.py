@@ -151,6 +151,20 @@ class RawClient:
 
         await self.stream.send_all(self.ws.send(TextMessage(text)))
 
+    async def next_events(self) -> list[Any] | None:
+        """One read, and the events wsproto makes of it, for a test that answers
+        pings itself; close codes are noted in ``closes``. ``None`` at EOF."""
+        from wsproto.events import CloseConnection
+
+        data = await self.stream.receive_some(65536)
+        if not data:
+            self.eof = True
+            return None
+        self.ws.receive_data(data)
+        events = list(self.ws.events())
+        self.closes += [event.code for event in events if isinstance(event, CloseConnection)]
+        return events
+
     async def read_until(self, done: Any, timeout: float = 15) -> None:
         """Read and parse until ``done()`` or EOF; a close frame is answered."""
         from wsproto.events import AcceptConnection, CloseConnection, Ping, RejectConnection, RejectData, TextMessage

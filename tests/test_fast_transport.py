@@ -90,14 +90,11 @@ async def test_pongs_wake_no_connection_task(nursery: trio.Nursery) -> None:
 
 async def _answer_pings_for(client: RawClient, seconds: float, pings: list[int], index: int) -> None:
     with trio.move_on_after(seconds):
-        while True:
-            client.ws.receive_data(await client.stream.receive_some(65536))
-            for event in client.ws.events():
+        while (events := await client.next_events()) is not None:  # close codes noted
+            for event in events:
                 if isinstance(event, wsproto.events.Ping):
                     pings[index] += 1
                     await client.stream.send_all(client.ws.send(event.response()))
-                elif isinstance(event, wsproto.events.CloseConnection):
-                    client.closes.append(event.code)
 
 
 async def fast_heartbeats(nursery: trio.Nursery) -> tuple[Hub, RawClient]:
@@ -115,13 +112,7 @@ async def test_a_pong_with_another_payload_does_not_answer_the_ping(nursery: tri
             # Unsolicited pongs (allowed by RFC 6455), never the ping's payload.
             await client.stream.send_all(client.ws.send(Pong(payload=b"not yours")))
             with trio.move_on_after(0.05):
-                data = await client.stream.receive_some(65536)
-                if not data:
-                    break
-                client.ws.receive_data(data)
-                for event in client.ws.events():
-                    if isinstance(event, wsproto.events.CloseConnection):
-                        client.closes.append(event.code)
+                await client.next_events()  # notes the close
     assert client.closes == [CloseCode.HEARTBEAT_TIMEOUT]
 
 
@@ -163,17 +154,11 @@ async def test_a_pong_of_the_same_size_with_the_wrong_payload_does_not_answer(nu
     _hub, client = await fast_heartbeats(nursery)
     with trio.fail_after(5):
         while not client.closes and not client.eof:
-            data = await client.stream.receive_some(65536)
-            if not data:
-                break
-            client.ws.receive_data(data)
-            for event in client.ws.events():
+            for event in await client.next_events() or []:
                 if isinstance(event, wsproto.events.Ping):
                     wrong = bytes(b ^ 0xFF for b in event.payload)
                     assert len(wrong) == 8
                     await client.stream.send_all(client.ws.send(Pong(payload=wrong)))
-                elif isinstance(event, wsproto.events.CloseConnection):
-                    client.closes.append(event.code)
     assert client.closes == [CloseCode.HEARTBEAT_TIMEOUT]
 
 
@@ -183,10 +168,9 @@ async def test_a_pong_split_or_sent_with_a_message_still_answers(nursery: trio.N
     pongs = 0
     with trio.move_on_after(1.5):
         while True:
-            data = await client.stream.receive_some(65536)
-            assert data, "the server closed the connection"
-            client.ws.receive_data(data)
-            for event in client.ws.events():
+            events = await client.next_events()
+            assert events is not None, "the server closed the connection"
+            for event in events:
                 assert not isinstance(event, wsproto.events.CloseConnection), event
                 if isinstance(event, wsproto.events.Ping):
                     pong = client.ws.send(event.response())
