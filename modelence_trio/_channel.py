@@ -141,7 +141,10 @@ class ServerChannel(Generic[T]):
         """
         if not trio.lowlevel.in_trio_run() and self._broadcast_from_thread(channel_id, data):
             return
-        name = self._name(channel_id)
+        # An id checked before is one lookup here (``_name`` checks and remembers).
+        name = self._names.get(channel_id) if type(channel_id) is str else None
+        if name is None:
+            name = self._name(channel_id)
         if self.payload is not None:
             data = self._to_wire(data)
         delivered = False

@@ -26,7 +26,7 @@ import trio
 from ._actions import Actions
 from ._admission import Admission, Held
 from ._auth import Authenticator, Identity, SessionChecker
-from ._backend import FanoutBackend, Receipt
+from ._backend import FanoutBackend
 from ._channel import ServerChannel
 from ._config import HubConfig, session_limits
 from ._connection import Connection
@@ -103,6 +103,10 @@ class Hub:
         self._instance = secrets.token_hex(4)
         self._counters = HubCounters()
         self._router = Router(channels, fanout, self._counters)
+        #: ``ServerChannel.broadcast``'s way in: encode once and route (``Router``)
+        #: to local subscribers, the channel's history and the fan-out. The
+        #: router's method itself, so a broadcast costs no call in between.
+        self.broadcast = self._router.broadcast
         self._tracker = Tracker(self._router, self._instance)
         self._router.on_presence = self._tracker.receive
         self._actions = Actions(self._router, self._tracker)
@@ -195,11 +199,6 @@ class Hub:
 
             self._metrics = hub_registry(self)
         return self._metrics
-
-    def broadcast(self, channel: ServerChannel[Any], name: str, data: Any, receipt: Receipt | None = None) -> None:
-        """Encode a broadcast once and route it (``Router``): to local
-        subscribers, the channel's history and the fan-out."""
-        self._router.broadcast(channel, name, data, receipt)
 
     # --- the hub's own life: heartbeats and shutdown ---------------------------------
 

@@ -15,15 +15,18 @@ import attrs
 __all__ = ["Outgoing", "check_sendable", "message_size", "text_frame_header"]
 
 _FIN_TEXT = 0x81
-#: The headers of frames under 126 bytes, built once (one is needed per broadcast).
-_SHORT_HEADERS = [bytes((_FIN_TEXT, length)) for length in range(126)]
 _pack_16 = struct.Struct("!BBH").pack
+#: The headers of frames under 1 KiB, built once (one is needed per broadcast,
+#: and most broadcasts are that small): 2 bytes under 126, then 4.
+_HEADERS = [bytes((_FIN_TEXT, length)) for length in range(126)] + [
+    _pack_16(_FIN_TEXT, 126, length) for length in range(126, 1024)
+]
 
 
 def text_frame_header(length: int) -> bytes:
     """The header of a final, unmasked text frame carrying ``length`` payload bytes."""
-    if length < 126:
-        return _SHORT_HEADERS[length]
+    if length < 1024:
+        return _HEADERS[length]
     if length < 1 << 16:
         return _pack_16(_FIN_TEXT, 126, length)
     return struct.pack("!BBQ", _FIN_TEXT, 127, length)
@@ -68,4 +71,15 @@ class Outgoing:
             payload = text.encode()
         except UnicodeEncodeError:
             raise ValueError(f"the frame holds {_SURROGATE}") from None
-        return cls(text, text_frame_header(len(payload)) + payload)
+        length = len(payload)
+        # One per broadcast: the slots are filled directly, as attrs' frozen
+        # __init__ does through object.__setattr__ at twice the cost.
+        frame = _new(cls)
+        _set_text(frame, text)
+        _set_wire(frame, (_HEADERS[length] if length < 1024 else text_frame_header(length)) + payload)
+        return frame
+
+
+_new = object.__new__
+_set_text = Outgoing.__dict__["text"].__set__
+_set_wire = Outgoing.__dict__["wire"].__set__

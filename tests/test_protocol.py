@@ -389,3 +389,22 @@ def test_nesting_depth_is_bounded() -> None:
     assert parse_client_frame(json.dumps({"type": "message", "channel": "a:b", "data": wide})) == Publish("a:b", wide)
     shallow = json.dumps({"type": "message", "channel": "a:b", "data": deep})
     assert parse_client_frame(shallow, limits=Limits(max_depth=50)) == Publish("a:b", deep)
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 1023, 1024, 1025, 65535, 65536, 70000])
+@pytest.mark.parametrize("char", ["a", "é", "💬"])
+def test_outgoing_frames_are_what_wsproto_sends(length: int, char: str) -> None:
+    # The header comes from a table under 1 KiB of payload and is packed above it:
+    # either way, byte for byte the server text frame wsproto would write.
+    import attrs
+    from wsproto.frame_protocol import FrameProtocol
+
+    from modelence_trio._wire import Outgoing
+
+    text = char * (length // len(char.encode()))
+    frame = Outgoing.from_text(text)
+    assert frame.text == text
+    assert frame.wire == FrameProtocol(client=False, extensions=[]).send_data(text, fin=True)
+    assert frame == Outgoing(text, frame.wire)  # built as attrs builds it
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        frame.wire = b""  # type: ignore[misc]
