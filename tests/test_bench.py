@@ -23,6 +23,18 @@ def test_broadcast_cost_runs_and_delivers_every_broadcast() -> None:
     assert module.measure(History(), channels=10, rounds=2, reps=1, typed=True) > 0
 
 
+async def test_floor_ratio_runs_and_both_loops_reach_every_client() -> None:
+    # measure() asserts that every client got every message of the floor's loop and the hub's.
+    path = Path(__file__).parent.parent / "bench" / "floor_ratio.py"
+    spec = importlib.util.spec_from_file_location("floor_ratio", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for workload, history in (("w1", True), ("w3", True), ("w3", False)):
+        floor, hub = await module.measure(workload, history, clients=5, rounds=4)
+        assert floor > 0 and hub > 0
+
+
 def test_the_presence_storm_runs() -> None:
     # A small storm through the real script: every watcher's count completes.
     bench = Path(__file__).parent.parent / "bench"
