@@ -72,8 +72,9 @@ class Outgoing:
         except UnicodeEncodeError:
             raise ValueError(f"the frame holds {_SURROGATE}") from None
         length = len(payload)
-        # One per broadcast: the slots are filled directly, as attrs' frozen
-        # __init__ does through object.__setattr__ at twice the cost.
+        # One per broadcast, so spelled out: the header table read inline, and
+        # the slots filled directly (attrs' frozen __init__ goes through
+        # object.__setattr__, at twice the cost).
         frame = _new(cls)
         _set_text(frame, text)
         _set_wire(frame, (_HEADERS[length] if length < 1024 else text_frame_header(length)) + payload)

@@ -6,10 +6,13 @@ import contextlib
 import json
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from wsproto.frame_protocol import FrameProtocol
 
+from modelence_trio._wire import Outgoing
 from modelence_trio.protocol import (
     DEFAULT_MAX_ID_LENGTH,
     Error,
@@ -396,11 +399,6 @@ def test_nesting_depth_is_bounded() -> None:
 def test_outgoing_frames_are_what_wsproto_sends(length: int, char: str) -> None:
     # The header comes from a table under 1 KiB of payload and is packed above it:
     # either way, byte for byte the server text frame wsproto would write.
-    import attrs
-    from wsproto.frame_protocol import FrameProtocol
-
-    from modelence_trio._wire import Outgoing
-
     text = char * (length // len(char.encode()))
     frame = Outgoing.from_text(text)
     assert frame.text == text
