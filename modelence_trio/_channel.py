@@ -198,11 +198,8 @@ class ServerChannel(Generic[T]):
         return unstructure(data)
 
     def _name(self, channel_id: str) -> str:
+        """Check a channel id and remember it (``broadcast`` looks it up first)."""
         names = self._names
-        if type(channel_id) is str:
-            known = names.get(channel_id)
-            if known is not None:
-                return known
         name = f"{self.category}:{channel_id}"
         if not valid_channel_id(channel_id, self._max_id_length):
             try:

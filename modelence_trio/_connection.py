@@ -15,7 +15,7 @@ from ._auth import Identity
 from ._counters import HubCounters
 from ._registry import Registry
 from ._session import Session, SessionLimits
-from ._transport import SendResult, Transport, TransportClosed
+from ._transport import FLUSH, SENT, Transport, TransportClosed
 from ._wire import Outgoing
 from .protocol import CloseCode, ServerFrame, encode
 
@@ -24,9 +24,6 @@ __all__ = ["Connection"]
 #: The most ``send_many`` joins into one non-blocking write: an unwritten tail
 #: waits in the transport, outside the queue's byte count.
 _JOINED_WRITE = 64 * 1024
-
-#: Looked up once: an enum member's attribute lookup costs as much as a call, on every delivery.
-_SENT, _FLUSH = SendResult.SENT, SendResult.FLUSH
 
 logger = logging.getLogger("modelence_trio")
 
@@ -87,9 +84,9 @@ class Connection:
             return
         if not self.queue:
             result = self.transport.send_nowait(frame.wire)
-            if result is _SENT:
+            if result is SENT:
                 return
-            if result is _FLUSH:
+            if result is FLUSH:
                 self.kick()
                 return
         elif len(self.queue) >= self.max_queue or self.queued_bytes + len(frame.wire) > self.max_queue_bytes:
@@ -107,9 +104,9 @@ class Connection:
         # At most _JOINED_WRITE at once: what the transport may hold beyond the queue's bound.
         if not self.queue and sum(len(frame.wire) for frame in frames) <= _JOINED_WRITE:
             result = self.transport.send_nowait(b"".join(frame.wire for frame in frames))
-            if result is _SENT:
+            if result is SENT:
                 return
-            if result is _FLUSH:
+            if result is FLUSH:
                 self.kick()
                 return
         for frame in frames:

@@ -17,13 +17,18 @@ import trio
 from ._idle_reader import IdleReader
 from ._wire import Outgoing
 
-__all__ = ["FrameSafeStream", "SendResult", "Transport", "TransportClosed"]
+__all__ = ["FLUSH", "QUEUE", "SENT", "FrameSafeStream", "SendResult", "Transport", "TransportClosed"]
 
 
 class SendResult(enum.Enum):
     SENT = "sent"
     QUEUE = "queue"
     FLUSH = "flush"
+
+
+#: The members, looked up once: on the broadcast path (once per delivery) an
+#: enum member's attribute lookup costs as much as a call.
+SENT, QUEUE, FLUSH = SendResult.SENT, SendResult.QUEUE, SendResult.FLUSH
 
 
 class TransportClosed(Exception):
@@ -222,8 +227,6 @@ class FrameSafeStream(trio.abc.Stream):
                 if self._reader is not None:
                     try:
                         received = await self._reader.receive(sock, max_bytes, self.absorb)
-                    except trio.ClosedResourceError:
-                        raise
                     except OSError as exc:
                         raise trio.BrokenResourceError(str(exc)) from exc
                     if received is not None:

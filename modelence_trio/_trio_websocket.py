@@ -50,7 +50,7 @@ from wsproto.connection import ConnectionState
 
 from ._config import HubConfig
 from ._idle_reader import IdleReader
-from ._transport import FrameSafeStream, SendResult, Transport, TransportClosed
+from ._transport import FLUSH, QUEUE, SENT, FrameSafeStream, SendResult, Transport, TransportClosed
 from ._wire import Outgoing
 
 __all__ = ["ENABLED", "TESTED", "FastTransport", "PublicTransport", "TrioWebSocketRequest", "open_request"]
@@ -341,20 +341,20 @@ class FastTransport:
         # and WebSocketConnection.closed spelled out (a call less each).
         stream = self._stream
         if stream.backlog or self._ws._close_reason is not None or self._lock.locked():
-            return _QUEUE
+            return QUEUE
         sock = stream.write_socket
         if sock is None:
-            return _QUEUE
+            return QUEUE
         try:
             sent = os.write(sock.fileno(), wire)  # -1 once closed: never a descriptor reused since
         except OSError:  # BlockingIOError, or a broken socket that the next send reports
-            return _QUEUE
+            return QUEUE
         if sent == len(wire):
-            return _SENT
+            return SENT
         if sent == 0:
-            return _QUEUE
+            return QUEUE
         stream.backlog = wire[sent:]
-        return _FLUSH
+        return FLUSH
 
     def ping_nowait(self) -> Callable[[], bool] | None:
         ws = self._ws
@@ -579,9 +579,6 @@ def _frame_decoder(protocol: wsproto.WSConnection) -> Any:
 
 
 _RECEIVE_BYTES = 4096  # what trio-websocket's reader asks for
-
-#: Looked up once, not per delivery (an enum member's lookup costs as much as a call).
-_SENT, _QUEUE, _FLUSH = SendResult.SENT, SendResult.QUEUE, SendResult.FLUSH
 
 #: trio-websocket's handler for each event a server connection sees.
 _HANDLERS: dict[type[wsproto.events.Event], Callable[[Any, Any], Awaitable[None]]] = {
