@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import attrs
 import trio
+import trio.testing
 import wsproto
 import wsproto.connection
 from wsproto.events import AcceptConnection, Pong, Request, TextMessage
@@ -69,6 +70,8 @@ async def test_pongs_wake_no_connection_task(nursery: trio.Nursery) -> None:
     for client in clients:
         await client.send_text('{"type": "join", "channel": "chat:a"}')
         await client.read_until(lambda c=client: len(c.texts) >= 2)
+    # Each connection's task has sent its `joined`; let it park again before counting.
+    await trio.testing.wait_all_tasks_blocked()
     steps = StepCounter(set(every_task()) - before)
     assert len(steps.tasks) == 10  # one per connection
     pings = [0] * len(clients)
