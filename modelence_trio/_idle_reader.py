@@ -14,7 +14,10 @@ task with it.
 Edge-triggered: a socket is registered once, when its task first waits,
 and stays so until its reading ends (``forget``); an edge that comes while
 its task is busy is remembered (``_pending``), and the task reads before it
-parks again. Public APIs only: ``select.epoll``, ``os.read`` and trio's
+parks again. The peer's hang-up comes with an edge of its own only if it
+comes alone: bytes and the end arriving together are one edge, so a socket
+whose edge said the peer hung up stays pending after every read until its
+end is read, and nothing it sends is absorbed. Public APIs only: ``select.epoll``, ``os.read`` and trio's
 ``wait_task_rescheduled``. Where there is no epoll (not Linux), before the
 reader runs and after it stopped, :meth:`IdleReader.receive` returns
 ``None`` and the caller waits with trio as before.
@@ -37,18 +40,22 @@ __all__ = ["IdleReader"]
 _BATCH = 1024
 #: How long pongs may gather after a wake-up that read only pongs (seconds).
 _GATHER = 0.002
+#: The events that say the peer hung up (or the socket failed): no later edge follows them.
+_HUNG_UP = getattr(select, "EPOLLRDHUP", 0) | getattr(select, "EPOLLHUP", 0) | getattr(select, "EPOLLERR", 0)
 
 
 class _Watch:
     """One registered socket: while its task is parked, the task and how to read for it."""
 
-    __slots__ = ("absorb", "max_bytes", "owner", "task")
+    __slots__ = ("absorb", "hung_up", "max_bytes", "owner", "task")
 
     def __init__(self, owner: object) -> None:
         self.owner = owner  # the socket object: a descriptor number may be reused
         self.task: trio.lowlevel.Task | None = None
         self.absorb: Callable[[bytes], bool] | None = None
         self.max_bytes = 0
+        #: An edge said the peer hung up: read until the end, with no edge to wait for.
+        self.hung_up = False
 
 
 class IdleReader:
@@ -80,7 +87,7 @@ class IdleReader:
             while True:
                 await trio.lowlevel.wait_readable(epoll.fileno())
                 events = epoll.poll(0, _BATCH)
-                if not any([self._readable(fd) for fd, _ in events]) and len(events) < _BATCH:
+                if not any([self._readable(fd, mask) for fd, mask in events]) and len(events) < _BATCH:
                     # Only pongs: the next ones are let gather for a moment, so one
                     # wake-up reads many (they trickle in, one per connection, for a
                     # second or so after each heartbeat round). A message arriving
@@ -123,8 +130,8 @@ class IdleReader:
                 data = os.read(fd, max_bytes)
             except BlockingIOError:
                 break
-            if len(data) == max_bytes:
-                pending.add(fd)  # more may wait, and no new edge will say so
+            if len(data) == max_bytes or watch.hung_up:
+                pending.add(fd)  # more may wait (or the end), and no new edge will say so
             elif data and absorb is not None and absorb(data):
                 continue
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -155,11 +162,13 @@ class IdleReader:
         if watch.task is not None:
             self._wake(watch, outcome.Error(trio.ClosedResourceError("the socket was closed")))
 
-    def _readable(self, fd: int) -> bool:
+    def _readable(self, fd: int, events: int) -> bool:
         """Read ``fd`` for its parked task; whether that woke the task."""
         watch = self._watched.get(fd)
         if watch is None:
             return False  # forgotten since the event
+        if events & _HUNG_UP:
+            watch.hung_up = True
         if watch.task is None:
             self._pending.add(fd)  # its task is busy: it reads before it parks again
             return False
@@ -169,8 +178,8 @@ class IdleReader:
             return False
         except OSError as exc:
             return self._wake(watch, outcome.Error(exc))
-        if len(data) == watch.max_bytes:
-            self._pending.add(fd)
+        if len(data) == watch.max_bytes or watch.hung_up:
+            self._pending.add(fd)  # more may wait (or the end): the task reads again
         elif data and watch.absorb is not None:
             try:
                 if watch.absorb(data):

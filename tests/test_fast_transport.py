@@ -4,7 +4,11 @@ router already read."""
 
 from __future__ import annotations
 
+import os
+import socket
+
 import attrs
+import pytest
 import trio
 import trio.testing
 import wsproto
@@ -89,6 +93,27 @@ async def test_pongs_wake_no_connection_task(nursery: trio.Nursery) -> None:
     # A message still wakes its connection's task, and is answered.
     await clients[0].send_text('{"type": "join", "channel": "chat:b"}')
     await clients[0].read_until(lambda: any('"chat:b"' in text for text in clients[0].texts))
+
+
+@pytest.mark.parametrize("last", ["close frame", "pong"])
+async def test_a_client_whose_last_bytes_and_hang_up_arrive_together_is_gone_at_once(
+    nursery: trio.Nursery, last: str
+) -> None:
+    # Its last frame and its TCP FIN in one edge of the hub's reader: the end is
+    # read too, long before any heartbeat could notice the silence.
+    hub = Hub([ServerChannel("chat")], config=CONFIG)
+    port = await nursery.start(serve_websocket, hub, "127.0.0.1", 0)
+    client = await RawClient.connect(f"ws://127.0.0.1:{port}/ws")
+    await client.send_text('{"type": "join", "channel": "chat:a"}')
+    await client.read_until(lambda: len(client.texts) >= 2)
+    await trio.testing.wait_all_tasks_blocked()  # the connection's task is parked
+    event = wsproto.events.CloseConnection(1000) if last == "close frame" else Pong(b"12345678")
+    sock = client.stream.socket
+    os.write(sock.fileno(), client.ws.send(event))  # no checkpoint in between: one edge
+    sock.shutdown(socket.SHUT_WR)
+    with trio.fail_after(2):
+        while hub.statistics().connections:
+            await trio.sleep(0.01)
 
 
 async def _answer_pings_for(client: RawClient, seconds: float, pings: list[int], index: int) -> None:

@@ -3,7 +3,9 @@ task gets, what ``absorb`` keeps from it, and every way a wait ends."""
 
 from __future__ import annotations
 
+import os
 import select
+import socket
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -112,6 +114,47 @@ async def test_the_end_of_the_stream_wakes_the_task_with_no_bytes(reader: IdleRe
         await trio.testing.wait_all_tasks_blocked()
         peer.close()
     assert got == [b""]
+
+
+async def _until_the_end(
+    reader: IdleReader, sock: trio.socket.SocketType, absorb: Callable[[bytes], bool] | None
+) -> list[bytes | None]:
+    """What each receive gets, up to the end of the stream (its b"")."""
+    got: list[bytes | None] = []
+    with trio.fail_after(2):  # the end must come: no later edge will announce it
+        while not got or got[-1]:
+            got.append(await reader.receive(sock, 4096, absorb))
+    return got
+
+
+@pytest.mark.parametrize("sent", [b"message", b"pong"])
+async def test_bytes_and_the_end_arriving_together_give_the_bytes_then_the_end(reader: IdleReader, sent: bytes) -> None:
+    # One edge for both: a read that takes the bytes leaves the end unread, and
+    # no other edge will come for it. Written without a checkpoint in between,
+    # so that the reader sees them together, while the task is parked.
+    ours, peer = pair()
+    async with trio.open_nursery() as nursery:
+        got: list[bytes | None] = []
+
+        async def receive() -> None:
+            got.extend(await _until_the_end(reader, ours, pongs([])))
+
+        nursery.start_soon(receive)
+        await trio.testing.wait_all_tasks_blocked()
+        os.write(peer.fileno(), sent)
+        peer.shutdown(socket.SHUT_WR)
+    assert got == [sent, b""]  # even a pong is handed over: the task must see the end after it
+
+
+async def test_bytes_and_the_end_that_came_while_the_task_was_busy(reader: IdleReader) -> None:
+    ours, peer = pair()
+    await peer.send(b"first")
+    with trio.fail_after(5):
+        assert await reader.receive(ours, 4096, None) == b"first"  # registered now
+    os.write(peer.fileno(), b"message")
+    peer.shutdown(socket.SHUT_WR)
+    await trio.sleep(0.05)  # the reader sees the edge now, with no task parked
+    assert await _until_the_end(reader, ours, None) == [b"message", b""]
 
 
 async def test_forgetting_a_socket_wakes_its_task_as_closed(reader: IdleReader, nursery: trio.Nursery) -> None:
